@@ -1,0 +1,196 @@
+"""COCO instance segmentation (``instances_*.json``) for prompted-instance evaluation.
+
+Layout: ``root/annotations/instances_val2017.json`` and ``root/val2017/<file_name>``. Each
+sample holds one image with its instance masks, boxes (from the annotation ``bbox``) and
+classes numbered 0..K-1 in sorted COCO category-id order.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sambench.data.base import PROMPTED_INSTANCE, SambenchDataset, inside_root, read_image, resolve_root
+from sambench.data.coco_format import (
+    bbox_problem,
+    contiguous_categories,
+    decode_segmentation,
+    load_coco_json,
+    segmentation_problem,
+    xywh_to_xyxy,
+)
+from sambench.errors import ConfigError, DatasetError
+from sambench.registry import DATASETS
+from sambench.structures import Sample
+
+logger = logging.getLogger(__name__)
+
+ROOT_HINT = "a folder holding annotations/ and the image folders"
+
+
+def infer_image_dir(ann_file: str, option: str) -> str:
+    """``annotations/instances_val2017.json`` -> ``val2017``; else ask for ``option``."""
+    stem = Path(ann_file).stem
+    if stem.startswith("instances_") and len(stem) > len("instances_"):
+        return stem[len("instances_"):]
+    raise DatasetError(
+        f"cannot infer the image folder from the annotation file name '{ann_file}' "
+        f"(expected instances_<folder>.json); set {option}=<folder under dataset.root>"
+    )
+
+
+@DATASETS.register_module(name="coco_instances")
+class CocoInstancesDataset(SambenchDataset):
+    """COCO instances: one :class:`Sample` per image that keeps at least one instance.
+
+    Args:
+        split: "train" (reads ``train_ann_file``) or "eval" (reads ``ann_file``).
+        root: folder holding ``annotations/`` and the image folders.
+        ann_file / train_ann_file: annotation json, relative to ``root``.
+        image_dir / train_image_dir: image folder relative to ``root``; None infers it from
+            the annotation file name (``instances_val2017.json`` -> ``val2017``).
+        include_crowd: keep ``iscrowd=1`` annotations (RLE masks); skipped by default.
+        min_area: drop annotations whose ``area`` is below this (pixels).
+        max_instances: keep at most this many instances per image, largest area first.
+        max_images: keep only the first N images (by id) that have an instance.
+    """
+
+    TASKS = (PROMPTED_INSTANCE,)
+
+    def __init__(
+        self,
+        *,
+        split: str,
+        root: str,
+        ann_file: str,
+        train_ann_file: str | None = None,
+        image_dir: str | None = None,
+        train_image_dir: str | None = None,
+        include_crowd: bool = False,
+        min_area: float = 0.0,
+        max_instances: int | None = None,
+        max_images: int | None = None,
+    ):
+        if split not in ("train", "eval"):
+            raise ConfigError(f"dataset 'coco_instances': split must be 'train' or 'eval', got '{split}'")
+        if max_instances is not None and max_instances < 1:
+            raise ConfigError(f"dataset.max_instances must be >= 1 or null, got {max_instances}")
+        if max_images is not None and max_images < 1:
+            raise ConfigError(f"dataset.max_images must be >= 1 or null, got {max_images}")
+        self.split = split
+        self.root = resolve_root(root, "coco_instances", ROOT_HINT)
+        if split == "train":
+            if not train_ann_file:
+                raise DatasetError("dataset 'coco_instances' needs dataset.train_ann_file for training")
+            ann_name = train_ann_file
+            folder_name = train_image_dir or infer_image_dir(train_ann_file, "dataset.train_image_dir")
+        else:
+            ann_name = ann_file
+            folder_name = image_dir or infer_image_dir(ann_file, "dataset.image_dir")
+        self.ann_path = inside_root(self.root, ann_name)
+        self.image_folder = inside_root(self.root, folder_name)
+        if not self.image_folder.is_dir():
+            option = "dataset.train_image_dir" if split == "train" else "dataset.image_dir"
+            raise DatasetError(f"image folder not found: {self.image_folder} (set {option})")
+        self.include_crowd = include_crowd
+        self.min_area = float(min_area)
+        self.max_instances = max_instances
+
+        data = load_coco_json(self.ann_path)
+        self.category_index, self.class_names = contiguous_categories(data["categories"], self.ann_path)
+        self.num_invalid_annotations = 0
+        self._first_problem = ""
+        kept = self._group_annotations(data)
+        images = sorted(
+            (image for image in self._index_images(data) if image["id"] in kept), key=lambda image: image["id"]
+        )
+        if max_images is not None:
+            images = images[:max_images]
+        self.entries: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [
+            (image, kept[image["id"]]) for image in images
+        ]
+
+    def _index_images(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        for image in data["images"]:
+            if not isinstance(image, dict) or "id" not in image or not isinstance(image.get("file_name"), str):
+                raise DatasetError(f"annotation file {self.ann_path}: every image needs an 'id' and a 'file_name'")
+        return data["images"]
+
+    def _keep(self, ann: dict[str, Any]) -> bool:
+        """Filter one annotation (crowd, area); count and skip invalid segmentations or boxes."""
+        if ann.get("iscrowd", 0) and not self.include_crowd:
+            return False
+        if float(ann.get("area", 0.0)) < self.min_area:
+            return False
+        if ann.get("category_id") not in self.category_index:
+            raise DatasetError(
+                f"annotation file {self.ann_path}: annotation {ann.get('id')} has unknown "
+                f"category_id {ann.get('category_id')}"
+            )
+        problem = segmentation_problem(ann.get("segmentation")) or bbox_problem(ann.get("bbox"))
+        if problem:
+            if self.num_invalid_annotations == 0:
+                self._first_problem = f"annotation {ann.get('id')}: {problem}"
+            self.num_invalid_annotations += 1
+            return False
+        return True
+
+    def _group_annotations(self, data: dict[str, Any]) -> dict[Any, list[dict[str, Any]]]:
+        """Kept annotations by image id (largest first when ``max_instances`` caps them)."""
+        kept: dict[Any, list[dict[str, Any]]] = {}
+        for ann in data["annotations"]:
+            if not isinstance(ann, dict) or "image_id" not in ann:
+                raise DatasetError(f"annotation file {self.ann_path}: every annotation needs an 'image_id'")
+            if self._keep(ann):
+                kept.setdefault(ann["image_id"], []).append(ann)
+        if self.num_invalid_annotations:
+            logger.warning(
+                "%s: skipped %d annotation(s) with an invalid segmentation or bbox (first: %s)",
+                self.ann_path, self.num_invalid_annotations, self._first_problem,
+            )
+        if self.max_instances is not None:
+            for image_id, anns in kept.items():
+                ranked = sorted(anns, key=lambda ann: -float(ann.get("area", 0.0)))
+                kept[image_id] = ranked[: self.max_instances]
+        return kept
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _decode(self, ann: dict[str, Any], image_info: dict[str, Any], path: Path, size: tuple[int, int]) -> np.ndarray:
+        """One H×W bool mask; a DatasetError names the image if its size disagrees."""
+        height = int(image_info.get("height") or size[0])
+        width = int(image_info.get("width") or size[1])
+        mask = decode_segmentation(ann["segmentation"], height, width)
+        if mask.shape != size:
+            raise DatasetError(
+                f"annotation {ann.get('id')} in {self.ann_path} has a {mask.shape[0]}x{mask.shape[1]} mask "
+                f"but image {path} is {size[0]}x{size[1]}"
+            )
+        return mask
+
+    def __getitem__(self, index: int) -> Sample:
+        image_info, anns = self.entries[index]
+        path = inside_root(self.image_folder, image_info["file_name"])
+        image = read_image(path)
+        size = (int(image.shape[0]), int(image.shape[1]))
+        masks = np.stack([self._decode(ann, image_info, path, size) for ann in anns])
+        boxes = xywh_to_xyxy(np.array([ann["bbox"] for ann in anns], dtype=np.float32))
+        class_ids = np.array([self.category_index[ann["category_id"]] for ann in anns], dtype=np.int64)
+        return Sample(
+            index=index,
+            image=image,
+            masks=torch.from_numpy(masks),
+            boxes=torch.from_numpy(boxes),
+            class_ids=torch.from_numpy(class_ids),
+            class_names=self.class_names,
+            meta={
+                "image_id": image_info["id"],
+                "file_name": image_info["file_name"],
+                "ann_ids": [ann.get("id") for ann in anns],
+            },
+        )

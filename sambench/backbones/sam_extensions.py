@@ -1,0 +1,82 @@
+"""Extension points into upstream SAM modules, without copying them.
+
+Methods change SAM in two places:
+- the mask decoder's two-way transformer (PerSAM: target-guided attention and target-semantic
+  prompting) -> :func:`run_mask_decoder` with a ``transformer_fn`` replacing the call to
+  ``mask_decoder.transformer``;
+- the image encoder's blocks (DIT: text tokens concatenated to image tokens in every block) ->
+  :func:`run_image_encoder` with a ``block_fn`` replacing each ``block(x)`` call.
+
+Both reuse the upstream submodules and weights; with the default callables they compute exactly
+what the upstream ``forward`` computes (tested).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, TwoWayTransformer
+
+#: (transformer, src B×C×h×w, pos_src B×C×h×w, tokens B×T×C) -> (hs B×T×C, src B×hw×C)
+TransformerFn = Callable[[TwoWayTransformer, torch.Tensor, torch.Tensor, torch.Tensor], tuple]
+#: (block index, block, x B×h×w×C) -> x B×h×w×C
+BlockFn = Callable[[int, torch.nn.Module, torch.Tensor], torch.Tensor]
+
+
+def default_transformer_fn(transformer, src, pos_src, tokens):
+    return transformer(src, pos_src, tokens)
+
+
+def run_mask_decoder(
+    decoder: MaskDecoder,
+    image_embeddings: torch.Tensor,
+    image_pe: torch.Tensor,
+    sparse_prompt_embeddings: torch.Tensor,
+    dense_prompt_embeddings: torch.Tensor,
+    multimask_output: bool,
+    transformer_fn: TransformerFn = default_transformer_fn,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``MaskDecoder.forward`` with the transformer call replaceable.
+
+    Args:
+        image_embeddings: 1×256×64×64 (one image; its N prompts share it).
+        image_pe: 1×256×64×64 dense positional encoding.
+        sparse_prompt_embeddings: N×T×256; dense_prompt_embeddings: N×256×64×64.
+    Returns:
+        low-res mask logits N×M×256×256 and IoU predictions N×M (M = 3 or 1).
+    """
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    output_tokens = output_tokens.unsqueeze(0).expand(sparse_prompt_embeddings.size(0), -1, -1)
+    tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
+    src = torch.repeat_interleave(image_embeddings, tokens.shape[0], dim=0) + dense_prompt_embeddings
+    pos_src = torch.repeat_interleave(image_pe, tokens.shape[0], dim=0)
+    b, c, h, w = src.shape
+    hs, src = transformer_fn(decoder.transformer, src, pos_src, tokens)
+    iou_token_out = hs[:, 0, :]
+    mask_tokens_out = hs[:, 1 : (1 + decoder.num_mask_tokens), :]
+    upscaled = decoder.output_upscaling(src.transpose(1, 2).view(b, c, h, w))
+    hyper_in = torch.stack(
+        [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
+    )
+    b, c, h, w = upscaled.shape
+    masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+    iou_pred = decoder.iou_prediction_head(iou_token_out)
+    keep = slice(1, None) if multimask_output else slice(0, 1)
+    return masks[:, keep], iou_pred[:, keep]
+
+
+def run_image_encoder(encoder: ImageEncoderViT, x: torch.Tensor, block_fn: BlockFn | None = None) -> torch.Tensor:
+    """``ImageEncoderViT.forward`` with each block call replaceable.
+
+    Args:
+        x: B×3×S×S normalised, padded pixels (S = encoder.img_size).
+    Returns:
+        B×256×(S/16)×(S/16) image embeddings.
+    """
+    x = encoder.patch_embed(x)
+    if encoder.pos_embed is not None:
+        x = x + encoder.pos_embed
+    for index, block in enumerate(encoder.blocks):
+        x = block(x) if block_fn is None else block_fn(index, block, x)
+    return encoder.neck(x.permute(0, 3, 1, 2))

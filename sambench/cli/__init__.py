@@ -1,0 +1,1 @@
+"""What ``tools/`` call: the Hydra launcher, the composition root and the jobs."""

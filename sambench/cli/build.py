@@ -1,0 +1,103 @@
+"""The composition root: the only place that reads the config and builds objects from it.
+
+Modules receive plain keyword arguments (``OmegaConf.to_container``), never a config object.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import random
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from sambench import REPO_ROOT, __version__
+from sambench.backbones.sam import SamBackbone
+from sambench.engine import dist
+from sambench.errors import ConfigError
+from sambench.logging.jsonl import to_json_safe
+from sambench.registry import DATASETS, EVALUATORS, METHODS, check_pairing, lookup
+
+log = logging.getLogger(__name__)
+#: The evaluator each task is scored with.
+TASK_EVALUATORS = {"prompted_instance": "instance_iou"}
+
+
+def plain(node) -> dict:
+    """A resolved config node as plain Python containers."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Compose-time checks before anything is built: names exist and fit together."""
+    lookup(METHODS, cfg.method.name)
+    lookup(DATASETS, cfg.dataset.name)
+    check_pairing(cfg.method.name, cfg.dataset.name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_backbone(cfg: DictConfig) -> SamBackbone:
+    kwargs = plain(cfg.backbone)
+    cache_dir = cfg.cache.dir if cfg.cache.enabled else None
+    return SamBackbone(**kwargs, cache_dir=cache_dir)
+
+
+def build_method(cfg: DictConfig, sam: SamBackbone):
+    kwargs = plain(cfg.method)
+    return lookup(METHODS, kwargs.pop("name"))(sam=sam, **kwargs)
+
+
+def build_dataset(cfg: DictConfig, split: str):
+    kwargs = plain(cfg.dataset)
+    return lookup(DATASETS, kwargs.pop("name"))(split=split, **kwargs)
+
+
+def build_evaluator(method, dataset):
+    name = getattr(method, "EVALUATOR", None) or TASK_EVALUATORS.get(method.TASK)
+    if name is None:
+        raise ConfigError(f"no evaluator for task '{method.TASK}'")
+    return lookup(EVALUATORS, name)(class_names=list(getattr(dataset, "class_names", []) or []) or None)
+
+
+def write_run_files(cfg: DictConfig, run_dir: Path) -> None:
+    """Rank 0: the resolved ``config.yaml`` and ``env.json`` (versions, git sha, hardware)."""
+    if not dist.is_main():
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    write_json_atomic(run_dir / "env.json", environment())
+
+
+def environment() -> dict:
+    try:
+        sha = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return {
+        "sambench": __version__, "git_sha": sha or None, "python": platform.python_version(),
+        "torch": torch.__version__, "cuda": torch.version.cuda, "platform": platform.platform(),
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "world_size": dist.world_size(),
+    }
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file + rename: readers never see a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Strict JSON (NaN/inf written as null), atomically."""
+    write_text_atomic(path, json.dumps(to_json_safe(data), indent=2) + "\n")

@@ -1,0 +1,92 @@
+"""The two jobs: ``train`` (tools/train.py) and ``evaluate`` (tools/eval.py)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from sambench.cli.build import (
+    build_backbone, build_dataset, build_evaluator, build_method, check_config, plain,
+    seed_everything, write_json_atomic, write_run_files,
+)
+from sambench.data.loader import eval_loader
+from sambench.engine import dist
+from sambench.engine.checkpoint import load_checkpoint, resolve_checkpoint
+from sambench.engine.evaluate import evaluate
+from sambench.engine.loop import Trainer, load_trainable
+from sambench.engine.precision import check_precision, set_strict_fp32
+from sambench.logging import build_run_logger
+from sambench.logging.console import setup_console_logging
+
+log = logging.getLogger("sambench")
+
+
+def _start(cfg: DictConfig, job: str):
+    """Shared set-up: run folder, logging, checks, seed, backbone, method, datasets."""
+    check_config(cfg)
+    check_precision(cfg.trainer.precision)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    setup_console_logging(rank=dist.rank(), log_file=run_dir / f"{job}.log" if dist.is_main() else None,
+                          level="DEBUG" if cfg.traceback else "INFO")
+    device = dist.init_distributed(cfg.trainer.device)
+    write_run_files(cfg, run_dir)
+    log.info("run folder: %s (%d rank%s, %s)", run_dir, dist.world_size(), "s" * (dist.world_size() > 1), device)
+    seed_everything(cfg.trainer.seed)
+    set_strict_fp32(cfg.trainer.precision)
+    method = build_method(cfg, build_backbone(cfg)).to(device)
+    run_logger = build_run_logger(
+        run_dir=run_dir, rank=dist.rank(), config=plain(cfg), method=cfg.method.name,
+        dataset=cfg.dataset.name, backbone=cfg.backbone.name, job_type=job, **plain(cfg.logger),
+    )
+    return run_dir, device, method, run_logger
+
+
+def train(cfg: DictConfig) -> dict:
+    run_dir, device, method, run_logger = _start(cfg, "train")
+    train_set, eval_set = build_dataset(cfg, "train"), build_dataset(cfg, "eval")
+    log.info("%s: %d train / %d eval samples; %d trainable parameters", cfg.dataset.name, len(train_set),
+             len(eval_set), sum(p.numel() for p in method.trainable_parameters().values()))
+    trainer_kwargs = plain(cfg.trainer)
+    trainer_kwargs.pop("device")
+    trainer = Trainer(method=method, train_set=train_set, eval_set=eval_set,
+                      evaluator=build_evaluator(method, eval_set), run_dir=run_dir, device=device,
+                      run_logger=run_logger, **trainer_kwargs)
+    metrics = trainer.fit()
+    _finish(run_dir, metrics, run_logger)
+    return metrics
+
+
+def evaluate_job(cfg: DictConfig) -> dict:
+    run_dir, device, method, run_logger = _start(cfg, "eval")
+    path = resolve_checkpoint(cfg.ckpt, run_dir)
+    if path is not None:
+        state = load_checkpoint(path)
+        params = method.trainable_parameters()
+        ema = state.get("ema")
+        weights = ema["shadow"] if (cfg.use_ema and ema) else state["trainable"]
+        load_trainable(params, weights, path)
+        log.info("loaded %s (step %s%s)", path, state.get("step"), ", EMA weights" if cfg.use_ema and ema else "")
+    eval_set = build_dataset(cfg, "eval")
+    loader = eval_loader(eval_set, batch_size=cfg.trainer.eval_batch_size, num_workers=cfg.trainer.num_workers)
+    metrics, overlays = evaluate(
+        method, loader, build_evaluator(method, eval_set), device=device, precision=cfg.trainer.precision,
+        predictions_dir=run_dir / "predictions" if cfg.save_predictions else None,
+        num_overlays=getattr(run_logger, "num_overlays", 0),
+    )
+    run_logger.log_metrics({k: v for k, v in metrics.items() if not isinstance(v, dict)}, 0, prefix="eval/")
+    if overlays:
+        run_logger.log_overlays(overlays, 0, key="eval/overlays")
+    _finish(run_dir, metrics, run_logger)
+    return metrics
+
+
+def _finish(run_dir: Path, metrics: dict, run_logger) -> None:
+    if dist.is_main():
+        write_json_atomic(run_dir / "metrics.json", metrics)
+        summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+        log.info("metrics: %s -> %s", summary, run_dir / "metrics.json")
+    run_logger.finish()
+    dist.barrier()

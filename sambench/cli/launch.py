@@ -1,0 +1,98 @@
+"""Start a Hydra job with sambench's checks and error reporting.
+
+Before Hydra composes anything: refuse ``--multirun`` under torchrun, check config-group
+choices (unknown names list the valid ones and the closest match), initialise DDP and agree on
+one run-folder stamp across ranks. User errors (:class:`SambenchError`) print one line
+``error: ...`` and exit with status 2; ``traceback=true`` (or ``debug=traceback``) shows the trace.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import sys
+from typing import Callable
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from sambench import CONFIG_DIR
+from sambench.engine import dist
+from sambench.errors import ConfigError, SambenchError
+from sambench.registry import closest
+
+EXIT_USER_ERROR = 2
+GROUPS = ("method", "dataset", "backbone", "trainer", "logger", "experiment", "debug")
+_stamp = {"value": None}
+
+
+def _stamp_resolver() -> str:
+    if _stamp["value"] is None:
+        _stamp["value"] = datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    return _stamp["value"]
+
+
+OmegaConf.register_new_resolver("sambench_stamp", _stamp_resolver, replace=True)
+
+
+def wants_traceback(argv: list[str]) -> bool:
+    return any(a.lstrip("+") in ("traceback=true", "traceback=True", "debug=traceback") for a in argv)
+
+
+def check_group_choices(argv: list[str]) -> None:
+    """Fail on ``group=name`` overrides whose ``conf/group/name.yaml`` does not exist."""
+    for arg in argv:
+        key, sep, value = arg.lstrip("+").partition("=")
+        if not sep or key not in GROUPS or value in ("null", ""):
+            continue
+        valid = sorted(p.stem for p in (CONFIG_DIR / key).glob("*.yaml"))
+        if value not in valid:
+            raise ConfigError(f"unknown {key} '{value}'{closest(value, valid)}; valid: {', '.join(valid)}")
+
+
+def user_error_line(exc: BaseException) -> str:
+    """One line for a user error (DataLoader workers wrap messages in their traceback)."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def fail(exc: BaseException) -> None:
+    print(f"error: {user_error_line(exc)}", file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_USER_ERROR)
+
+
+def launch(job: Callable[[DictConfig], object], config_name: str) -> None:
+    """Run ``job(cfg)`` as a Hydra app over ``conf/<config_name>.yaml``."""
+    argv = sys.argv[1:]
+    traceback = wants_traceback(argv)
+    try:
+        if dist.launched_by_torchrun() and any(a in ("-m", "--multirun") for a in argv):
+            raise ConfigError("--multirun cannot run under torchrun (each rank would start its own sweep); "
+                              "launch one torchrun per configuration instead")
+        check_group_choices(argv)
+        device = next((a.split("=", 1)[1] for a in argv if a.startswith("trainer.device=")), "auto")
+        dist.init_distributed(device)
+        _stamp["value"] = dist.broadcast_object(_stamp_resolver())
+    except SambenchError as exc:
+        if traceback:
+            raise
+        fail(exc)
+
+    @hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base="1.3")
+    def _main(cfg: DictConfig):
+        try:
+            return job(cfg)
+        except SambenchError as exc:
+            if cfg.get("traceback") or traceback:
+                raise
+            logging.getLogger("sambench").debug("user error", exc_info=True)
+            fail(exc)
+        finally:
+            dist.shutdown()
+
+    if "HYDRA_FULL_ERROR" not in os.environ and traceback:
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+    _main()

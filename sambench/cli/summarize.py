@@ -1,0 +1,278 @@
+"""Leaderboard over run folders: mean ± std over seeds per (method, dataset, backbone).
+
+``python tools/summarize.py RUN_DIR [RUN_DIR ...] [--csv out.csv] [--metrics mIoU,oIoU]
+[--chart out.png]``. A folder without ``metrics.json`` is searched recursively for run folders
+(a run folder has ``config.yaml``; hidden folders are skipped), so ``summarize.py outputs/`` works.
+
+Statistics: the std is the *sample* standard deviation over seeds (``statistics.stdev``, n - 1);
+with one seed only the mean is shown and the CSV std is empty. The table shows 2 decimals, the CSV
+full precision. Only top-level numbers of ``metrics.json`` count (nested per-class tables are
+ignored). Unusable folders get a one-line warning on stderr; none usable -> exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import statistics
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+KEY_FIELDS = ("method", "dataset", "backbone")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One run folder's identity and its top-level numeric metrics."""
+
+    folder: Path
+    method: str
+    dataset: str
+    backbone: str
+    seed: object
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    """Metrics of all seeds of one (method, dataset, backbone): name -> list of values."""
+
+    method: str
+    dataset: str
+    backbone: str
+    values: dict[str, list[float]]
+    num_runs: int
+
+
+def warn(message: str) -> None:
+    """One line on stderr."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def find_run_folders(paths: list[Path]) -> list[Path]:
+    """Run folders named by ``paths``: the path itself if it holds ``metrics.json`` or
+    ``config.yaml``, else every run folder below it (sorted, hidden folders skipped)."""
+    found: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            warn(f"{path}: not a folder; skipped")
+            continue
+        if _is_run_folder(path):
+            found.append(path)
+            continue
+        below = []
+        for root, subfolders, _ in os.walk(path):
+            subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+            if _is_run_folder(Path(root)):
+                below.append(Path(root))
+                subfolders[:] = []  # a run's own subfolders (vis/, wandb/) are not runs
+        if not below:
+            warn(f"{path}: no metrics.json and no run folders below it; skipped")
+        found.extend(below)
+    return list(dict.fromkeys(found))
+
+
+def _is_run_folder(path: Path) -> bool:
+    return (path / "metrics.json").is_file() or (path / "config.yaml").is_file()
+
+
+def load_run(folder: Path) -> RunResult | None:
+    """The run in ``folder``, or None after a warning if its config or metrics are unusable."""
+    try:
+        config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+        method, dataset, backbone = (str(_lookup(config, f"{key}.name")) for key in KEY_FIELDS)
+    except (OSError, yaml.YAMLError, KeyError) as error:
+        warn(f"{folder}: unusable config.yaml ({_describe(error)}); skipped")
+        return None
+    try:
+        seed = _lookup(config, "trainer.seed")
+    except KeyError:
+        seed = None
+    try:
+        raw = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as error:
+        warn(f"{folder}: unusable metrics.json ({_describe(error)}); skipped")
+        return None
+    metrics = {
+        name: float(value)
+        for name, value in raw.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+    return RunResult(folder, method, dataset, backbone, seed, metrics)
+
+
+def _lookup(config: object, dotted: str) -> object:
+    value = config
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(f"missing key {dotted}")
+        value = value[part]
+    return value
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, FileNotFoundError):
+        return "file missing"
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return text.strip("'\"")
+
+
+def group_runs(runs: list[RunResult], metric_names: list[str]) -> list[GroupSummary]:
+    """One summary per (method, dataset, backbone), sorted by method, dataset, backbone."""
+    by_key: dict[tuple[str, str, str], list[RunResult]] = defaultdict(list)
+    for run in runs:
+        by_key[(run.method, run.dataset, run.backbone)].append(run)
+    summaries = []
+    for key in sorted(by_key):
+        members = by_key[key]
+        seeds = [run.seed for run in members if run.seed is not None]
+        if len(seeds) != len(set(map(str, seeds))):
+            seed_list = ", ".join(sorted(map(str, seeds)))
+            warn(f"{'/'.join(key)}: runs share a seed (seeds {seed_list}); all are averaged")
+        values = {
+            name: [run.metrics[name] for run in members if name in run.metrics]
+            for name in metric_names
+        }
+        summaries.append(GroupSummary(*key, values=values, num_runs=len(members)))
+    return summaries
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample std (None for fewer than 2 values; both None for none)."""
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def format_cell(values: list[float]) -> str:
+    """``"mean ± std"`` with 2 decimals, just the mean for one value, ``-`` for none."""
+    mean, std = mean_std(values)
+    if mean is None:
+        return "-"
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def markdown_table(summaries: list[GroupSummary], metric_names: list[str]) -> str:
+    """The leaderboard as a Markdown table."""
+    header = [*KEY_FIELDS, "n", *metric_names]
+    align = ["---"] * len(KEY_FIELDS) + ["---:"] * (1 + len(metric_names))
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    for group in summaries:
+        cells = [group.method, group.dataset, group.backbone, str(group.num_runs)]
+        cells += [format_cell(group.values[name]) for name in metric_names]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, summaries: list[GroupSummary], metric_names: list[str]) -> None:
+    """CSV with method,dataset,backbone,n,<metric>_mean,<metric>_std (empty = not available)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        stat_columns = [f"{name}_{stat}" for name in metric_names for stat in ("mean", "std")]
+        writer.writerow([*KEY_FIELDS, "n", *stat_columns])
+        for group in summaries:
+            row = [group.method, group.dataset, group.backbone, group.num_runs]
+            for name in metric_names:
+                row += ["" if x is None else repr(x) for x in mean_std(group.values[name])]
+            writer.writerow(row)
+
+
+def write_chart(path: Path, summaries: list[GroupSummary], metric_names: list[str]) -> None:
+    """Bar chart PNG: one panel per metric, datasets on the x axis, one bar per method/backbone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_key = {(group.method, group.backbone, group.dataset): group for group in summaries}
+    datasets = sorted({group.dataset for group in summaries})
+    series = sorted({(group.method, group.backbone) for group in summaries})
+    show_backbone = len({backbone for _, backbone in series}) > 1
+    width = 0.8 / len(series)
+    panel_width = max(4.0, 0.5 * len(datasets) * len(series))
+    figure, axes = plt.subplots(
+        1, len(metric_names), figsize=(panel_width * len(metric_names), 4), squeeze=False
+    )
+    for axis, name in zip(axes[0], metric_names):
+        for index, (method, backbone) in enumerate(series):
+            positions, means, stds = [], [], []
+            for position, dataset in enumerate(datasets):
+                group = by_key.get((method, backbone, dataset))
+                mean, std = mean_std(group.values[name]) if group else (None, None)
+                if mean is not None and math.isfinite(mean):
+                    positions.append(position - 0.4 + width * (index + 0.5))
+                    means.append(mean)
+                    stds.append(std or 0.0)
+            label = f"{method} ({backbone})" if show_backbone else method
+            axis.bar(positions, means, width, yerr=stds, capsize=3, label=label)
+        axis.set_xticks(range(len(datasets)), datasets)
+        axis.set_title(name)
+    axes[0][0].legend(fontsize="small")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line of ``tools/summarize.py``."""
+    parser = argparse.ArgumentParser(
+        prog="summarize.py",
+        description="Mean ± std over seeds per (method, dataset, backbone) from run folders.",
+    )
+    parser.add_argument(
+        "run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
+        help="run folders, or folders to search for them (e.g. outputs/)",
+    )
+    parser.add_argument(
+        "--csv", type=Path, default=Path("summary.csv"),
+        help="CSV output path (default: summary.csv in the current folder)",
+    )
+    parser.add_argument(
+        "--metrics", default=None, help="comma-separated metric names (default: every metric found)"
+    )
+    parser.add_argument("--chart", type=Path, default=None, help="also write a bar chart PNG here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    """Print the leaderboard, write the CSV (and chart); 0 on success, 2 if no run is usable."""
+    try:
+        args = parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    runs = [run for folder in find_run_folders(args.run_dirs) if (run := load_run(folder))]
+    if not runs:
+        print(
+            "error: no usable run folders (each needs config.yaml and metrics.json)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.metrics:
+        metric_names = [name.strip() for name in args.metrics.split(",") if name.strip()]
+        for name in metric_names:
+            if not any(name in run.metrics for run in runs):
+                warn(f"metric {name!r} is in no metrics.json")
+    else:
+        metric_names = list(dict.fromkeys(name for run in runs for name in run.metrics))
+    summaries = group_runs(runs, metric_names)
+    print(markdown_table(summaries, metric_names))
+    write_csv(args.csv, summaries, metric_names)
+    print(f"wrote {args.csv}", file=sys.stderr)
+    if args.chart is not None:
+        if metric_names:
+            write_chart(args.chart, summaries, metric_names)
+            print(f"wrote {args.chart}", file=sys.stderr)
+        else:
+            warn("no metrics to chart; --chart ignored")
+    return 0

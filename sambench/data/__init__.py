@@ -1,0 +1,1 @@
+"""Shared dataset code: base class, safe file access, loaders. Adapters live in ``datasets/``."""

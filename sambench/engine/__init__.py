@@ -1,0 +1,1 @@
+"""Training/evaluation engine: a short loop, hooks, checkpoints, DDP helpers."""

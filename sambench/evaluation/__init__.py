@@ -1,0 +1,1 @@
+"""Evaluators (``reset / process / compute``), one file per metric family."""

@@ -1,0 +1,33 @@
+"""The method contract: one ``nn.Module`` per method; the engine owns everything else."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sambench.structures import Batch, Prediction
+
+
+class SambenchMethod(nn.Module):
+    """Base class of every registered method.
+
+    Subclasses set ``TASK`` and implement ``training_step`` (methods that train) and
+    ``predict``. The engine calls ``forward`` (= ``training_step``) so DDP sees it, and owns
+    backward, AMP, clipping, EMA, checkpoints and logging.
+    """
+
+    TASK: str = ""
+
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Named scalar loss terms; the engine back-propagates their sum."""
+        raise NotImplementedError(f"{type(self).__name__} has no training step (training-free method)")
+
+    def predict(self, batch: Batch) -> list[Prediction]:
+        raise NotImplementedError
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return self.training_step(batch)
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """Parameters the optimizer updates (and checkpoints store), by name."""
+        return {name: p for name, p in self.named_parameters() if p.requires_grad}

@@ -1,0 +1,99 @@
+"""The data contract between datasets, methods and evaluators.
+
+A dataset returns one :class:`Sample` per item; the loader collates them into a
+:class:`Batch` (a list: images differ in size); a method's ``predict`` returns one
+:class:`Prediction` per sample. Images are kept in their original resolution as uint8 RGB
+arrays; every resizing to SAM's 1024 frame happens inside the SAM wrapper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Sample:
+    """One image and its annotations.
+
+    Attributes:
+        index: position in the dataset (used to drop DDP sampler padding in evaluation).
+        image: H×W×3 uint8 RGB.
+        masks: N×H×W bool instance masks, or None.
+        boxes: N×4 float32 boxes, xyxy in original pixels, or None.
+        points: N×P×2 float32 point prompts (x, y) in original pixels, or None.
+        point_labels: N×P int64 (1 foreground, 0 background), or None.
+        class_ids: N int64 dataset-contiguous class indices, or None.
+        class_names: names indexed by class id (the dataset's vocabulary), or None.
+        semantic: H×W int64 label map (255 = ignore), or None.
+        reference_image / reference_mask: H'×W'×3 uint8 / H'×W' bool for one-shot tasks.
+        texts: one referring expression per instance, or None.
+        meta: free-form provenance (file name, image id, annotation ids, ...).
+    """
+
+    index: int
+    image: np.ndarray
+    masks: torch.Tensor | None = None
+    boxes: torch.Tensor | None = None
+    points: torch.Tensor | None = None
+    point_labels: torch.Tensor | None = None
+    class_ids: torch.Tensor | None = None
+    class_names: list[str] | None = None
+    semantic: torch.Tensor | None = None
+    reference_image: np.ndarray | None = None
+    reference_mask: np.ndarray | None = None
+    texts: list[str] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """Original (H, W)."""
+        return int(self.image.shape[0]), int(self.image.shape[1])
+
+    @property
+    def num_instances(self) -> int:
+        return 0 if self.masks is None else int(self.masks.shape[0])
+
+
+@dataclass
+class Batch:
+    """A list of samples (no padding: SAM resizes each image itself)."""
+
+    samples: list[Sample]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __iter__(self) -> Iterator[Sample]:
+        return iter(self.samples)
+
+    def __getitem__(self, i: int) -> Sample:
+        return self.samples[i]
+
+
+def collate(samples: list[Sample]) -> Batch:
+    """DataLoader ``collate_fn``: keep samples as they are."""
+    return Batch(list(samples))
+
+
+@dataclass
+class Prediction:
+    """A method's output for one sample.
+
+    Attributes:
+        index: the sample's dataset index.
+        masks: N×H×W bool masks at the original image size (one per prompt / instance).
+        scores: N float32 confidence (SAM's predicted IoU or a classifier score), or None.
+        class_ids: N int64 predicted classes, or None.
+        semantic: H×W int64 predicted label map, or None.
+    """
+
+    index: int
+    masks: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
+    class_ids: torch.Tensor | None = None
+    semantic: torch.Tensor | None = None
+    meta: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,124 @@
+"""Every shipped config composes, and every method x dataset x backbone it names can be built."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from conftest import REPO, SHARED_DATA
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import sambench.cli.launch  # noqa: F401  (registers the run-folder stamp resolver)
+from sambench import CONFIG_DIR
+from sambench.cli.build import build_backbone, build_dataset, build_evaluator, build_method, check_config
+from sambench.cli.launch import GROUPS, check_group_choices
+from sambench.errors import ConfigError
+from sambench.method import SambenchMethod
+from sambench.registry import METHODS, check_pairing, load_plugins, lookup
+from sambench.structures import collate
+
+load_plugins()
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def composed(*overrides: str, config: str = "train"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config, overrides=list(overrides))
+
+
+def data_overrides(dataset: str) -> list[str]:
+    """Point datasets that need files at the shared samples (skip when they are absent)."""
+    if dataset == "coco_instances":
+        if not SHARED_DATA.is_dir():
+            pytest.skip("needs ../shared/data beside the checkout")
+        return [f"dataset.root={SHARED_DATA / 'coco_tiny'}", "dataset.max_images=2"]
+    return []
+
+
+@pytest.mark.parametrize("config", ["train", "eval"])
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_group_option_composes(config, group):
+    for option in options(group):
+        cfg = composed(f"{group}={option}", config=config)
+        OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+        assert cfg.job == config
+
+
+def test_defaults_are_the_embedded_default():
+    cfg = composed()
+    assert (cfg.method.name, cfg.dataset.name, cfg.backbone.name) == ("sam_prompted", "sample", "sam_tiny")
+    assert cfg.trainer.max_steps == 30  # dataset=sample picks trainer=sample
+    assert composed("trainer=default").trainer.max_steps is None
+
+
+@pytest.mark.parametrize("dataset", options("dataset"))
+@pytest.mark.parametrize("method", options("method"))
+def test_every_method_dataset_pair_instantiates(method, dataset, tmp_path):
+    cfg = composed(f"method={method}", f"dataset={dataset}", f"cache.dir={tmp_path}", *data_overrides(dataset))
+    try:
+        check_pairing(cfg.method.name, cfg.dataset.name)
+    except ConfigError:
+        pytest.skip(f"{method} x {dataset} is not a valid pairing")  # asserted by the pairing test
+    model = build_method(cfg, build_backbone(cfg))
+    assert isinstance(model, SambenchMethod)
+    for split in ("train", "eval"):
+        data = build_dataset(cfg, split)
+        assert len(data) > 0
+        batch = [data[0]]
+    evaluator = build_evaluator(model, data)
+    predictions = model.predict(collate(batch))
+    evaluator.process(collate(batch), predictions)
+    assert evaluator.compute()["num_images"] == 1
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_builds_its_method(experiment, tmp_path):
+    """Experiments name official backbones: build them with random weights (no files here)."""
+    cfg = composed(f"experiment={experiment}", f"cache.dir={tmp_path}", "backbone.checkpoint=null",
+                   "backbone.allow_random_init=true")
+    check_config(cfg)
+    model = build_method(cfg, build_backbone(cfg))
+    assert model.TASK == lookup(METHODS, cfg.method.name).TASK
+
+
+@pytest.mark.parametrize("backbone, width", [("sam_vit_b", 768), ("sam_vit_l", 1024), ("sam_vit_h", 1280)])
+def test_official_backbones_build_with_their_sizes(backbone, width, tmp_path):
+    cfg = composed(f"backbone={backbone}", "backbone.checkpoint=null", "backbone.allow_random_init=true",
+                   "cache.enabled=false")
+    sam = build_backbone(cfg)
+    assert sam.sam.image_encoder.pos_embed.shape == (1, 64, 64, width)
+
+
+def test_unknown_group_option_lists_choices_and_closest():
+    with pytest.raises(ConfigError, match=r"unknown backbone 'sam_vit_bb' \(did you mean 'sam_vit_b'\?\); valid: sam_tiny"):
+        check_group_choices(["backbone=sam_vit_bb"])
+    check_group_choices(["backbone=sam_vit_b", "trainer.lr=1", "+x=1", "experiment=null"])
+
+
+def test_unknown_registry_name():
+    with pytest.raises(ConfigError, match=r"unknown method 'sam_promted' \(did you mean 'sam_prompted'\?\)"):
+        lookup(METHODS, "sam_promted")
+
+
+def test_impossible_pairing_names_the_datasets_that_fit():
+    class ReferringOnly(SambenchMethod):
+        TASK = "referring"
+
+    METHODS.register_module(name="_test_referring", module=ReferringOnly)
+    try:
+        with pytest.raises(ConfigError, match="cannot run on dataset 'sample'; datasets that fit: none"):
+            check_pairing("_test_referring", "sample")
+    finally:
+        METHODS.module_dict.pop("_test_referring")
+
+
+def test_plugins_do_not_shadow_hugging_face_datasets():
+    """methods/ and datasets/ load under a private package; `import datasets` is untouched."""
+    spec = importlib.util.find_spec("datasets")
+    assert spec is None or REPO not in Path(spec.origin or "").resolve().parents
+    assert "sambench_plugins.datasets.sample" in __import__("sys").modules
