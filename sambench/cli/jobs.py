@@ -29,8 +29,7 @@ def _start(cfg: DictConfig, job: str):
     check_config(cfg)
     check_precision(cfg.trainer.precision)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    setup_console_logging(rank=dist.rank(), log_file=run_dir / f"{job}.log" if dist.is_main() else None,
-                          level="DEBUG" if cfg.traceback else "INFO")
+    setup_console_logging(rank=dist.rank(), log_file=run_dir / f"{job}.log" if dist.is_main() else None)
     device = dist.init_distributed(cfg.trainer.device)
     write_run_files(cfg, run_dir)
     log.info("run folder: %s (%d rank%s, %s)", run_dir, dist.world_size(), "s" * (dist.world_size() > 1), device)

@@ -9,7 +9,6 @@ one run-folder stamp across ranks. User errors (:class:`SambenchError`) print on
 from __future__ import annotations
 
 import datetime
-import logging
 import os
 import sys
 from typing import Callable
@@ -88,7 +87,6 @@ def launch(job: Callable[[DictConfig], object], config_name: str) -> None:
         except SambenchError as exc:
             if cfg.get("traceback") or traceback:
                 raise
-            logging.getLogger("sambench").debug("user error", exc_info=True)
             fail(exc)
         finally:
             dist.shutdown()
