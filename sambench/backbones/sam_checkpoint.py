@@ -11,6 +11,7 @@ from segment_anything.build_sam import _build_sam, sam_model_registry
 from segment_anything.modeling import Sam
 
 from sambench.errors import CheckpointError
+from sambench.weights_file import load_weights_file
 
 #: Official checkpoint file names (github.com/facebookresearch/segment-anything, "Model Checkpoints").
 OFFICIAL_FILES = {
@@ -66,17 +67,7 @@ def load_sam_weights(sam: Sam, checkpoint: str, variant: str) -> None:
     """Load a local SAM state dict with ``weights_only=True``; clear errors for bad files."""
     path = Path(checkpoint).expanduser()
     expected = OFFICIAL_FILES.get(variant, f"a SAM {variant} state dict")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path} (expected {expected})")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint is empty: {path} (expected {expected})")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors come in many types
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"checkpoint is not a weights file: {path} (expected {expected}; torch.load said: {reason[:200]})"
-        ) from None
+    state = load_weights_file(path, expected)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

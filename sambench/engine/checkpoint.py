@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from sambench.errors import CheckpointError
+from sambench.weights_file import load_weights_file
 
 LAST = "last.pt"
 
@@ -34,14 +35,7 @@ def save_atomic(obj: dict, path: Path) -> None:
 
 def load_checkpoint(path: Path) -> dict:
     """Load a sambench checkpoint (``weights_only``) with a clear error for bad files."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path} (expected a sambench .pt file or run folder)")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint is empty: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"checkpoint is not a sambench weights file: {path} ({str(exc).splitlines()[0][:200]})") from None
+    state = load_weights_file(path, "a sambench checkpoint written by tools/train.py, or a run folder")
     if not isinstance(state, dict) or "trainable" not in state:
         raise CheckpointError(f"checkpoint has no 'trainable' state: {path} (expected a file written by tools/train.py)")
     return state

@@ -7,32 +7,14 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as tmp_mp
 
+from conftest import TINY_SAM
+
 from sambench.cache import EmbeddingCache
-
-TINY = dict(
-    name="sam_tiny",
-    variant="tiny",
-    encoder_embed_dim=32,
-    encoder_depth=2,
-    encoder_num_heads=2,
-    encoder_global_attn_indexes=[1],
-)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: with 2 cores shared with other jobs, OpenMP threads spin-waiting for
-    a descheduled peer made these tests several times slower; restored afterwards."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 def make_image(shape=(60, 80), seed=0) -> np.ndarray:
@@ -42,7 +24,7 @@ def make_image(shape=(60, 80), seed=0) -> np.ndarray:
 def backbone(cache_dir, **overrides):
     from sambench.backbones.sam import SamBackbone  # imported lazily: spawned workers skip it
 
-    return SamBackbone(**{**TINY, **overrides}, cache_dir=None if cache_dir is None else str(cache_dir))
+    return SamBackbone(**{**TINY_SAM, **overrides}, cache_dir=None if cache_dir is None else str(cache_dir))
 
 
 def all_files(root: Path) -> list[Path]:

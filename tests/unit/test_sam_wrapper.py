@@ -6,35 +6,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 import numpy as np
 import pytest
 import torch
 from segment_anything import SamPredictor
 
+from conftest import TINY_SAM
+
 from sambench.backbones.sam import SamBackbone
 from sambench.backbones.sam_extensions import default_transformer_fn
 
-TINY = dict(
-    name="sam_tiny",
-    variant="tiny",
-    encoder_embed_dim=32,
-    encoder_depth=2,
-    encoder_num_heads=2,
-    encoder_global_attn_indexes=[1],
-)
 SHAPES = [(120, 160), (160, 120)]  # landscape and portrait: padding on different sides
 ATOL = 1e-5
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: with 2 cores shared with other jobs, OpenMP threads spin-waiting for
-    a descheduled peer made these tests several times slower; restored afterwards."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 def make_image(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
@@ -57,7 +40,7 @@ def assert_close(actual, expected, atol=ATOL):
 
 @pytest.fixture(scope="module")
 def backbone() -> SamBackbone:
-    return SamBackbone(**TINY, cache_dir=None)
+    return SamBackbone(**TINY_SAM, cache_dir=None)
 
 
 class _Scene:
