@@ -239,10 +239,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="CSV output path (default: summary.csv in the current folder)",
     )
     parser.add_argument(
-        "--metrics", default=None, help="comma-separated metric names (default: every metric found)"
+        "--metrics", default=None, help="comma-separated metric names (default: every metric found except step and num_*)"
     )
     parser.add_argument("--chart", type=Path, default=None, help="also write a bar chart PNG here")
     return parser.parse_args(argv)
+
+
+def is_bookkeeping(name: str) -> bool:
+    """Counts and positions that are not scores (``step``, ``num_images``, ...)."""
+    return name == "step" or name.startswith("num_")
 
 
 def main(argv: list[str]) -> int:
@@ -263,8 +268,10 @@ def main(argv: list[str]) -> int:
         for name in metric_names:
             if not any(name in run.metrics for run in runs):
                 warn(f"metric {name!r} is in no metrics.json")
-    else:
-        metric_names = list(dict.fromkeys(name for run in runs for name in run.metrics))
+    else:  # every score; bookkeeping numbers (step, num_*) only when asked for by name
+        metric_names = list(dict.fromkeys(
+            name for run in runs for name in run.metrics if not is_bookkeeping(name)
+        ))
     summaries = group_runs(runs, metric_names)
     print(markdown_table(summaries, metric_names))
     write_csv(args.csv, summaries, metric_names)

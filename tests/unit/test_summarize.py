@@ -158,3 +158,12 @@ def test_tools_script_runs_the_cli(outputs, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "| a | x | vit_b | 2 |" in result.stdout
     assert (tmp_path / "summary.csv").is_file()
+
+
+def test_bookkeeping_numbers_are_left_out_unless_asked(tmp_path, capsys):
+    run = make_run(tmp_path / "r", method="a", dataset="x", seed=0,
+                   metrics={"mIoU": 1.0, "step": 30, "num_images": 8})
+    assert main([str(run), "--csv", str(tmp_path / "s.csv")]) == 0
+    assert list(table_rows(capsys.readouterr().out)[0]) == ["method", "dataset", "backbone", "n", "mIoU"]
+    assert main([str(run), "--csv", str(tmp_path / "s.csv"), "--metrics", "mIoU,step"]) == 0
+    assert table_rows(capsys.readouterr().out)[0]["step"] == "30.00"
