@@ -16,6 +16,27 @@ import torch
 
 
 @dataclass
+class Reference:
+    """One reference view of a concept (one-shot / few-shot personalisation).
+
+    Attributes:
+        image: H×W×3 uint8 RGB.
+        mask_rgb: H×W×3 uint8, the mask file as read in RGB (a PerSeg palette index 1 reads as
+            (128, 0, 0), a 0/255 mask as white): PerSAM's official preprocessing depends on it.
+        name: e.g. ``"cat/00"``.
+    """
+
+    image: np.ndarray
+    mask_rgb: np.ndarray
+    name: str = ""
+
+    @property
+    def mask(self) -> np.ndarray:
+        """H×W bool foreground (red channel > 0, as the official PerSAM code reads it)."""
+        return self.mask_rgb[..., 0] > 0
+
+
+@dataclass
 class Sample:
     """One image and its annotations.
 
@@ -29,7 +50,7 @@ class Sample:
         class_ids: N int64 dataset-contiguous class indices, or None.
         class_names: names indexed by class id (the dataset's vocabulary), or None.
         semantic: H×W int64 label map (255 = ignore), or None.
-        reference_image / reference_mask: H'×W'×3 uint8 / H'×W' bool for one-shot tasks.
+        references: the concept's reference views for personalisation tasks, or None.
         texts: one referring expression per instance, or None.
         meta: free-form provenance (file name, image id, annotation ids, ...).
     """
@@ -43,8 +64,7 @@ class Sample:
     class_ids: torch.Tensor | None = None
     class_names: list[str] | None = None
     semantic: torch.Tensor | None = None
-    reference_image: np.ndarray | None = None
-    reference_mask: np.ndarray | None = None
+    references: list[Reference] | None = None
     texts: list[str] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 

@@ -144,6 +144,7 @@ class SamBackbone(nn.Module):
         boxes: torch.Tensor | None = None,
         mask_inputs: torch.Tensor | None = None,
         multimask_output: bool = False,
+        transformer_fn: TransformerFn | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Differentiable ``SamPredictor.predict_torch`` for N prompts on one image.
 
@@ -151,5 +152,5 @@ class SamBackbone(nn.Module):
         low-res logits N×M×256×256.
         """
         sparse, dense = self.encode_prompts(original_size, points, point_labels, boxes, mask_inputs)
-        low_res, iou = self.decode(embedding, sparse, dense, multimask_output)
+        low_res, iou = self.decode(embedding, sparse, dense, multimask_output, transformer_fn)
         return self.postprocess(low_res, original_size), iou, low_res

@@ -5,6 +5,7 @@ Modules receive plain keyword arguments (``OmegaConf.to_container``), never a co
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import platform
@@ -25,7 +26,7 @@ from sambench.registry import DATASETS, EVALUATORS, METHODS, check_pairing, look
 
 log = logging.getLogger(__name__)
 #: The evaluator each task is scored with.
-TASK_EVALUATORS = {"prompted_instance": "instance_iou"}
+TASK_EVALUATORS = {"prompted_instance": "instance_iou", "personalize": "personalization"}
 
 
 def plain(node) -> dict:
@@ -52,9 +53,14 @@ def build_backbone(cfg: DictConfig) -> SamBackbone:
     return SamBackbone(**kwargs, cache_dir=cache_dir)
 
 
-def build_method(cfg: DictConfig, sam: SamBackbone):
+def build_method(cfg: DictConfig, sam: SamBackbone, run_dir: Path | None = None):
+    """The method with its config keys; methods whose constructor takes ``run_dir`` (to save
+    artefacts such as PerSAM-F's fitted weights) get the run folder too."""
     kwargs = plain(cfg.method)
-    return lookup(METHODS, kwargs.pop("name"))(sam=sam, **kwargs)
+    cls = lookup(METHODS, kwargs.pop("name"))
+    if "run_dir" in inspect.signature(cls).parameters:
+        kwargs["run_dir"] = run_dir
+    return cls(sam=sam, **kwargs)
 
 
 def build_dataset(cfg: DictConfig, split: str):

@@ -35,7 +35,7 @@ def _start(cfg: DictConfig, job: str):
     log.info("run folder: %s (%d rank%s, %s)", run_dir, dist.world_size(), "s" * (dist.world_size() > 1), device)
     seed_everything(cfg.trainer.seed)
     set_strict_fp32(cfg.trainer.precision)
-    method = build_method(cfg, build_backbone(cfg)).to(device)
+    method = build_method(cfg, build_backbone(cfg), run_dir).to(device)
     run_logger = build_run_logger(
         run_dir=run_dir, rank=dist.rank(), config=plain(cfg), method=cfg.method.name,
         dataset=cfg.dataset.name, backbone=cfg.backbone.name, job_type=job, **plain(cfg.logger),
@@ -73,6 +73,7 @@ def evaluate_job(cfg: DictConfig) -> dict:
     metrics, overlays = evaluate(
         method, loader, build_evaluator(method, eval_set), device=device, precision=cfg.trainer.precision,
         predictions_dir=run_dir / "predictions" if cfg.save_predictions else None,
+        overlays_dir=run_dir / "vis" if cfg.save_overlays else None,
         num_overlays=getattr(run_logger, "num_overlays", 0),
     )
     run_logger.log_metrics({k: v for k, v in metrics.items() if not isinstance(v, dict)}, 0, prefix="eval/")

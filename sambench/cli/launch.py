@@ -16,7 +16,7 @@ from typing import Callable
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from sambench import CONFIG_DIR
+from sambench import CONFIG_DIR, REPO_ROOT
 from sambench.engine import dist
 from sambench.errors import ConfigError, SambenchError
 from sambench.registry import closest
@@ -33,6 +33,8 @@ def _stamp_resolver() -> str:
 
 
 OmegaConf.register_new_resolver("sambench_stamp", _stamp_resolver, replace=True)
+# ${sambench_repo:} = the repository root, for data bundled with the code (e.g. the PerSeg sample)
+OmegaConf.register_new_resolver("sambench_repo", lambda: str(REPO_ROOT), replace=True)
 
 
 def wants_traceback(argv: list[str]) -> bool:

@@ -13,11 +13,23 @@ from sambench.structures import Prediction, Sample
 from sambench.vis import instance_id_map, overlay_masks, save_png_atomic
 
 
+def _safe(part: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in part).lstrip(".") or "_"
+
+
 def sample_name(sample: Sample) -> str:
     """A file-name-safe name for a sample (meta name, file stem or index)."""
     meta = sample.meta
     name = meta.get("name") or (Path(meta["file_name"]).stem if "file_name" in meta else f"{sample.index:06d}")
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
+    return _safe(str(name))
+
+
+def prediction_path(sample: Sample) -> Path:
+    """Where a sample's prediction goes, relative to ``predictions/``: the dataset's
+    ``meta["prediction_path"]`` (e.g. ``cat/01``; sanitised, no escaping) or its name."""
+    if "prediction_path" in sample.meta:
+        return Path(*[_safe(part) for part in str(sample.meta["prediction_path"]).split("/") if part])
+    return Path(sample_name(sample))
 
 
 @torch.no_grad()
@@ -29,12 +41,14 @@ def evaluate(
     device: torch.device,
     precision: str = "fp32",
     predictions_dir: Path | None = None,
+    overlays_dir: Path | None = None,
     num_overlays: int = 0,
 ) -> tuple[dict, list[dict]]:
     """Run ``method.predict`` over ``loader``; return (metrics, overlay items for the logger).
 
-    With ``predictions_dir``, each rank writes its samples' instance-id PNGs to
-    ``predictions_dir/<name>.png`` and overlays to ``predictions_dir/../vis/<name>.png``.
+    With ``predictions_dir``/``overlays_dir``, each rank writes its samples' masks as PNG
+    (instance ids: 0 background, i for mask i; one mask -> non-zero = foreground) and overlays,
+    at ``<dir>/<prediction path>.png``.
     """
     was_training = method.training
     method.eval()
@@ -46,8 +60,8 @@ def evaluate(
                 predictions = method.predict(batch)
             evaluator.process(batch, predictions)
             for sample, pred in zip(batch, predictions):
-                if predictions_dir is not None:
-                    write_prediction(sample, pred, predictions_dir)
+                if pred.masks is not None:
+                    write_prediction(sample, pred, predictions_dir, overlays_dir)
                 if len(overlays) < num_overlays and pred.masks is not None:
                     overlays.append(overlay_item(sample, pred))
         metrics = evaluator.compute()
@@ -56,12 +70,14 @@ def evaluate(
     return metrics, overlays
 
 
-def write_prediction(sample: Sample, pred: Prediction, predictions_dir: Path) -> None:
-    name = sample_name(sample)
-    if pred.masks is not None:
-        ids = instance_id_map(pred.masks.cpu().numpy())
-        save_png_atomic(predictions_dir / f"{name}.png", ids.astype("uint16" if ids.max() > 255 else "uint8"))
-        save_png_atomic(predictions_dir.parent / "vis" / f"{name}.png", overlay_masks(sample.image, pred.masks.cpu().numpy()))
+def write_prediction(sample: Sample, pred: Prediction, predictions_dir: Path | None, overlays_dir: Path | None) -> None:
+    relative = prediction_path(sample).with_suffix(".png")
+    masks = pred.masks.cpu().numpy()
+    if predictions_dir is not None:
+        ids = instance_id_map(masks)
+        save_png_atomic(predictions_dir / relative, ids.astype("uint16" if ids.max() > 255 else "uint8"))
+    if overlays_dir is not None:
+        save_png_atomic(overlays_dir / relative, overlay_masks(sample.image, masks))
 
 
 def overlay_item(sample: Sample, pred: Prediction) -> dict:

@@ -30,7 +30,7 @@ def test_train_run_folder_contents(trained_run):
 def test_eval_of_run_folder_reproduces_final_metrics_and_saves_predictions(trained_run, tmp_path):
     out = tmp_path / "eval"
     result = run_tool("tools/eval.py", *TINY, "dataset.num_images=5", f"ckpt={trained_run}",
-                      "save_predictions=true", f"hydra.run.dir={out}")
+                      "save_predictions=true", "save_overlays=true", f"hydra.run.dir={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     trained = json.loads((trained_run / "metrics.json").read_text())
     evaluated = json.loads((out / "metrics.json").read_text())

@@ -1,0 +1,1 @@
+"""Building blocks of PerSAM / PerSAM-F (used by ``methods/persam.py``)."""
