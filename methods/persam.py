@@ -221,7 +221,7 @@ class PerSAMF(PerSAM):
         if self.save_dir:
             save_atomic({"weights": fitted.weights.detach().cpu(), "references": [r.name for r in sample.references]},
                         self.save_dir / f"{name}.pt")
-        log.info("PerSAM-F %s: weights %s", name, [round(float(w), 4) for w in fitted.weights])
+        log.info("PerSAM-F %s: weights %s", name, [round(w, 4) for w in fitted.weights.detach().tolist()])
         return fitted
 
     def reference_logits(self, concept: Concept, sample: Sample, embeddings: torch.Tensor):

@@ -196,17 +196,17 @@ def main(argv: list[str] | None = None) -> int:
     from sambench.registry import load_plugins
 
     load_plugins()
-    print(f"# sambench PerSAM benchmark\n\ntorch {torch.__version__} | CPUs: {os.cpu_count()} | "
-          f"torch threads: {torch.get_num_threads()} | CUDA: {torch.cuda.is_available()} | "
-          f"backbone: {args.backbone} | load average at start: {os.getloadavg()[0]:.2f}\n", flush=True)
-    print(f"SAM (`{args.backbone}`) is built with random weights: no official SAM weights are available "
-          "offline. Timings do not depend on weight values (the masks themselves are meaningless).\n", flush=True)
     try:
         fit_samples = load_samples(args.root, [args.object])
         eval_samples = load_samples(args.root, None)
     except SambenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    print(f"# sambench PerSAM benchmark\n\ntorch {torch.__version__} | CPUs: {os.cpu_count()} | "
+          f"torch threads: {torch.get_num_threads()} | CUDA: {torch.cuda.is_available()} | "
+          f"backbone: {args.backbone} | load average at start: {os.getloadavg()[0]:.2f}\n", flush=True)
+    print(f"SAM (`{args.backbone}`) is built with random weights: no official SAM weights are available "
+          "offline. Timings do not depend on weight values (the masks themselves are meaningless).\n", flush=True)
     with tempfile.TemporaryDirectory(prefix="sambench-bench-persam-") as tmp:
         work = Path(tmp)
         progress(f"building {args.backbone} (random weights) ...")
