@@ -4,7 +4,6 @@ file, and exact round-trips for good ones. Only tiny models are built (no offici
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import torch

@@ -4,8 +4,6 @@ blocks). Uses a tiny, randomly initialised SAM (1024² input, full-size prompt e
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
