@@ -24,28 +24,14 @@ import numpy as np
 import torch
 
 from sambench import REPO_ROOT
+from sambench.cli.bench_report import SAM_TINY, SAM_VIT_B, markdown_table, positive_int, progress
 
 TRAIN_SCRIPT = REPO_ROOT / "tools" / "train.py"
-SAM_TINY = dict(
-    name="sam_tiny", variant="tiny", encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
-    encoder_global_attn_indexes=[1], allow_random_init=True,
-)
-SAM_VIT_B = dict(name="sam_vit_b", variant="vit_b", allow_random_init=True)
 IMAGE_SHAPE = (480, 640, 3)
 
 
 class ToolFailed(RuntimeError):
     """A benchmarked subprocess exited with a non-zero status."""
-
-
-def progress(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 # ----- subprocess runs of tools/train.py --------------------------------------------------------
@@ -140,13 +126,6 @@ def bench_ddp(work: Path, cache_dir: Path, steps: int) -> str:
 
 
 # ----- entry point ----------------------------------------------------------------------------------
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Print measured numbers (Markdown): embedded default run time, SAM encoder time "

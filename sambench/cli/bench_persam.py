@@ -25,16 +25,12 @@ import numpy as np
 import torch
 
 from sambench import REPO_ROOT
+from sambench.cli.bench_report import SAM_TINY, SAM_VIT_B, markdown_table, positive_int
+from sambench.cli.bench_report import progress as report_progress
 from sambench.errors import SambenchError
 
 BUNDLED_PERSEG = REPO_ROOT / "datasets" / "perseg_sample"
-BACKBONES = {
-    "sam_vit_b": dict(name="sam_vit_b", variant="vit_b"),
-    "sam_tiny": dict(
-        name="sam_tiny", variant="tiny", encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
-        encoder_global_attn_indexes=[1],
-    ),
-}
+BACKBONES = {"sam_vit_b": SAM_VIT_B, "sam_tiny": SAM_TINY}
 DEFAULT_ITERATIONS = 1000  # the official PerSAM-F schedule
 WEIGHT_TOLERANCE = 1e-4  # max |Δw| between the two fitting paths
 FIT_SPEEDUP_TARGET = 10.0  # precomputed vs re-run decoder
@@ -42,13 +38,7 @@ CACHE_SPEEDUP_TARGET = 5.0  # warm vs cold embedding cache
 
 
 def progress(message: str) -> None:
-    print(f"[bench-persam] {message}", file=sys.stderr, flush=True)
-
-
-def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
+    report_progress(message, tag="bench-persam")
 
 
 def verdict(passed: bool) -> str:
@@ -59,7 +49,7 @@ def build_sam(backbone: str, cache_dir: Path):
     """A randomly initialised SAM (seed 0: the same weights every build) with its own cache."""
     from sambench.backbones.sam import SamBackbone
 
-    return SamBackbone(**BACKBONES[backbone], allow_random_init=True, cache_dir=str(cache_dir)).eval()
+    return SamBackbone(**BACKBONES[backbone], cache_dir=str(cache_dir)).eval()
 
 
 def load_samples(root: str, objects: list[str] | None) -> list:
@@ -159,13 +149,6 @@ def bench_evaluation(sam, samples: list) -> tuple[str, str, dict]:
 
 
 # ----- entry point ----------------------------------------------------------------------------------
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Print measured numbers (Markdown): PerSAM-F fitting with precomputed vs re-run "

@@ -1,0 +1,30 @@
+"""What the benchmark scripts share: stderr progress, Markdown tables, argument types, and the
+random-weight SAM presets they time (timings do not depend on weight values)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+SAM_TINY = dict(
+    name="sam_tiny", variant="tiny", encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
+    encoder_global_attn_indexes=[1], allow_random_init=True,
+)
+SAM_VIT_B = dict(name="sam_vit_b", variant="vit_b", allow_random_init=True)
+
+
+def progress(message: str, tag: str = "bench") -> None:
+    print(f"[{tag}] {message}", file=sys.stderr, flush=True)
+
+
+def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
