@@ -86,8 +86,9 @@ class PerSAM(SambenchMethod):
         self._concepts: dict[tuple, Concept] = {}
 
     # ----- concepts ---------------------------------------------------------------------------
-    def concept(self, sample: Sample) -> Concept:
-        """The sample's concept from its references (computed once per reference set)."""
+    def adapt(self, sample: Sample) -> Concept:
+        """Test-time adaptation to the sample's concept (its references): target features, and
+        for PerSAM-F the fitted weights. Computed once per reference set, then cached."""
         key = tuple(ref.name for ref in sample.references)
         if key not in self._concepts:
             embeddings = self.sam.embed_images([ref.image for ref in sample.references])
@@ -114,7 +115,7 @@ class PerSAM(SambenchMethod):
         embeddings = self.sam.embed_images([s.image for s in batch])
         predictions = []
         for sample, embedding in zip(batch, embeddings):
-            concept = self.concept(sample)
+            concept = self.adapt(sample)
             masks, fallbacks = self.segment_instances(concept, embedding, sample.size)
             predictions.append(Prediction(index=sample.index, masks=torch.stack(masks).cpu(),
                                           meta={"fallbacks": fallbacks}))

@@ -25,6 +25,9 @@ class SambenchMethod(nn.Module):
     def predict(self, batch: Batch) -> list[Prediction]:
         raise NotImplementedError
 
+    # Optional: ``adapt(sample)`` for test-time fitting to a sample's references (PerSAM-F);
+    # methods that have it call it from ``predict`` once per concept.
+
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         return self.training_step(batch)
 

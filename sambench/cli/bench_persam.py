@@ -71,7 +71,7 @@ def time_fitting(sam, sample, iterations: int, precompute: bool) -> tuple[float,
 
     method = METHODS.get("persam_f")(sam=sam, iterations=iterations, precompute_decoder=precompute)
     started = time.perf_counter()
-    concept = method.concept(sample)
+    concept = method.adapt(sample)
     seconds = time.perf_counter() - started
     return seconds, concept.scale_weights.weights.detach().clone()
 
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
           + (f"; re-run side at {rerun_iterations} (`--rerun-iterations`), compared with the precomputed "
              f"side at the same count" if rerun_iterations != args.iterations else "")
           + ". With `--iterations N` both sides fit N iterations (same AdamW + cosine schedule, T_max = N), "
-          "so the comparison stays valid. Timed: `PerSAMF.concept` on a fresh method (target feature, "
+          "so the comparison stays valid. Timed: `PerSAMF.adapt` on a fresh method (target feature, "
           "reference decoder pass(es), fitting); the reference embedding is cached beforehand and one "
           "1-iteration fit runs untimed as a warm-up.\n")
     print(f"## 2. PerSAM (training-free) on PerSeg, cold vs warm embedding cache "

@@ -257,7 +257,7 @@ def test_empty_predicted_mask_falls_back_and_is_counted(sam, monkeypatch):
 def test_few_shot_pools_the_reference_features(sam):
     method = METHODS.get("persam")(sam=sam)
     two = sample(references=2)
-    concept = method.concept(two)
+    concept = method.adapt(two)
     embeddings = sam.embed_images([r.image for r in two.references])
     fg = torch.cat([foreground_features(e, reference_cells(sam, r.mask_rgb)) for r, e in zip(two.references, embeddings)])
     assert torch.allclose(concept.target_embedding, fg.mean(0, keepdim=True))
@@ -291,9 +291,9 @@ def test_persam_f_fits_saves_and_reloads(sam, tmp_path, monkeypatch):
     assert fit_call["labels"].tolist() == [[1]] and fit_call["multimask_output"]  # positive point only
     assert test_call["labels"].tolist() == [[1]] and test_call.get("transformer_fn") is None
     saved = torch.load(tmp_path / "persam_f_weights" / "toy.pt", weights_only=True)
-    fitted = method.concept(sample()).scale_weights.weights
+    fitted = method.adapt(sample()).scale_weights.weights
     assert torch.equal(saved["weights"], fitted.detach())
     monkeypatch.setattr("sambench_plugins.methods.persam.fit_scale_weights", lambda *a, **k: pytest.fail("refitted"))
     reloaded = METHODS.get("persam_f")(sam=sam, weights_dir=str(tmp_path / "persam_f_weights"))
-    assert torch.equal(reloaded.concept(sample()).scale_weights.weights.detach(), fitted.detach())
+    assert torch.equal(reloaded.adapt(sample()).scale_weights.weights.detach(), fitted.detach())
     assert torch.equal(reloaded.predict(Batch([sample()]))[0].masks, prediction.masks)
