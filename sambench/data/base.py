@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +44,12 @@ def resolve_root(root: str | None, dataset: str, hint: str) -> Path:
 
 
 def inside_root(root: Path, relative: str) -> Path:
-    """Join ``relative`` to ``root``, refusing absolute paths and ``..`` escapes."""
-    path = (root / relative).resolve()
+    """Join ``relative`` to ``root``, refusing absolute paths and ``..`` escapes.
+
+    The check is lexical: names taken from annotation files cannot leave the root, while
+    symlinks the user placed inside it (e.g. ``root/val2017 -> /big/disk/val2017``) work.
+    """
+    path = Path(os.path.normpath(root / relative))
     if path != root and root not in path.parents:
         raise DatasetError(f"path escapes the dataset root {root}: '{relative}'")
     return path

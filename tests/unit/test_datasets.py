@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 from conftest import SHARED_DATA, needs_shared
 from PIL import Image
 
+from sambench.data.base import inside_root
 from sambench.errors import DatasetError
 from sambench.prompts import mask_boxes
 from sambench.registry import DATASETS, load_plugins
@@ -134,3 +136,14 @@ def test_mask_size_must_match_the_image(tmp_path):
     data = Coco(**write_coco(tmp_path / "c", [SQUARE], images=images))
     with pytest.raises(DatasetError, match="a.png"):
         data[0]
+
+
+def test_symlinked_image_folder_inside_the_root_is_followed(tmp_path):
+    """A common layout: root/val2017 -> a folder elsewhere. Names from the json still cannot escape."""
+    kwargs = write_coco(tmp_path / "c", [SQUARE])
+    elsewhere = tmp_path / "big_disk" / "val2017"
+    (tmp_path / "c" / "val2017").rename(elsewhere.parent.mkdir(parents=True) or elsewhere)
+    (tmp_path / "c" / "val2017").symlink_to(elsewhere, target_is_directory=True)
+    assert Coco(**kwargs)[0].num_instances == 1
+    with pytest.raises(DatasetError, match="escapes the dataset root"):
+        inside_root(Path(kwargs["root"]).resolve(), "/etc/passwd")
