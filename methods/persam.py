@@ -159,9 +159,9 @@ class PerSAM(SambenchMethod):
         mask; each keeps the highest predicted IoU. An empty mask skips its box (counted)."""
         mask, fallbacks = logits > self.sam.sam.mask_threshold, 0
         for step in range(1, self.refinement_steps + 1):
-            box = mask_box(mask) if (step == 2 or box_first) else None
-            if box is None and (step == 2 or box_first):
-                fallbacks += 1
+            wants_box = step == 2 or box_first
+            box = mask_box(mask) if wants_box else None
+            fallbacks += int(wants_box and box is None)
             logits_m, iou, low_m = self.sam.predict(embedding, size, points, labels, boxes=box,
                                                     mask_inputs=low[None, None], multimask_output=True)
             best = int(iou[0].argmax())
@@ -211,32 +211,34 @@ class PerSAMF(PerSAM):
 
     def load_or_fit(self, concept: Concept, sample: Sample, embeddings: torch.Tensor) -> MaskScaleWeights:
         name = self.concept_name(sample)
-        weights = MaskScaleWeights().to(embeddings.device)
         if self.weights_dir and (self.weights_dir / f"{name}.pt").is_file():
             saved = load_weights_file(self.weights_dir / f"{name}.pt", "PerSAM-F weights saved by sambench")
+            weights = MaskScaleWeights().to(embeddings.device)
             weights.weights.data.copy_(saved["weights"])
             return weights.eval()
-        maps, targets = self.reference_logits(concept, sample, embeddings)
-        fitted = fit_scale_weights(maps if self.precompute_decoder else lambda: self.reference_logits(concept, sample, embeddings)[0],
-                                   targets, **self.fit_options)
+        prompts = [self.reference_prompt(concept, ref, emb) for ref, emb in zip(sample.references, embeddings)]
+        targets = [torch.as_tensor(ref.mask, device=embeddings.device) for ref in sample.references]
+
+        @torch.no_grad()
+        def decoder_maps() -> list[torch.Tensor]:
+            """The frozen decoder's 3×H×W full-resolution logits on every reference."""
+            return [self.sam.predict(emb[None], size, points, labels, multimask_output=True)[0][0]
+                    for emb, (size, points, labels) in zip(embeddings, prompts)]
+
+        fitted = fit_scale_weights(decoder_maps() if self.precompute_decoder else decoder_maps, targets,
+                                   **self.fit_options)
         if self.save_dir:
             save_atomic({"weights": fitted.weights.detach().cpu(), "references": [r.name for r in sample.references]},
                         self.save_dir / f"{name}.pt")
         log.info("PerSAM-F %s: weights %s", name, [round(w, 4) for w in fitted.weights.detach().tolist()])
         return fitted
 
-    def reference_logits(self, concept: Concept, sample: Sample, embeddings: torch.Tensor):
-        """Per reference: the frozen decoder's 3×H×W logits from its positive point, and the GT
-        (red channel > 0 at the original resolution)."""
-        maps, targets = [], []
-        for ref, emb in zip(sample.references, embeddings):
-            size = ref.image.shape[:2]
-            points, labels = self.prompts(similarity_map(self.sam, concept.target_feat, emb, size), None)
-            with torch.no_grad():
-                logits, _, _ = self.sam.predict(emb[None], size, points, labels, multimask_output=True)
-            maps.append(logits[0])
-            targets.append(torch.as_tensor(ref.mask, device=logits.device))
-        return maps, targets
+    def reference_prompt(self, concept: Concept, ref, embedding: torch.Tensor):
+        """(size, points 1×1×2, labels 1×1): the reference's positive point from its own
+        similarity map; the GT is the reference mask's red channel > 0 (no erosion)."""
+        size = ref.image.shape[:2]
+        points, labels = self.prompts(similarity_map(self.sam, concept.target_feat, embedding, size), None)
+        return size, points, labels
 
     def segment(self, concept, embedding, size, sim, negative_from) -> tuple[torch.Tensor, int]:
         """Weighted mix of the 3 outputs from the positive point, then two box refinements."""

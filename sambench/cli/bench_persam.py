@@ -66,7 +66,7 @@ def cache_counts(sam) -> tuple[int, int]:
 
 # ----- 1. PerSAM-F fitting ----------------------------------------------------------------------
 def time_fitting(sam, sample, iterations: int, precompute: bool) -> tuple[float, torch.Tensor]:
-    """Seconds of ``concept`` (target feature + fitting) on a fresh method; the fitted weights."""
+    """Seconds of ``adapt`` (target feature + fitting) on a fresh method; the fitted weights."""
     from sambench.registry import METHODS
 
     method = METHODS.get("persam_f")(sam=sam, iterations=iterations, precompute_decoder=precompute)

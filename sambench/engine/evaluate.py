@@ -54,13 +54,14 @@ def evaluate(
     method.eval()
     evaluator.reset()
     overlays: list[dict] = []
+    writes_files = predictions_dir is not None or overlays_dir is not None
     try:
         for batch in progress(loader, desc="eval", rank=rank()):
             with autocast(device, precision):
                 predictions = method.predict(batch)
             evaluator.process(batch, predictions)
             for sample, pred in zip(batch, predictions):
-                if pred.masks is not None:
+                if writes_files and pred.masks is not None:
                     write_prediction(sample, pred, predictions_dir, overlays_dir)
                 if len(overlays) < num_overlays and pred.masks is not None:
                     overlays.append(overlay_item(sample, pred))
