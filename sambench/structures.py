@@ -51,7 +51,9 @@ class Sample:
         class_names: names indexed by class id (the dataset's vocabulary), or None.
         semantic: H×W int64 label map (255 = ignore), or None.
         references: the concept's reference views for personalisation tasks, or None.
-        texts: one referring expression per instance, or None.
+        texts: referring expressions of the (single) referent, or None: exactly one in
+            evaluation samples; in training samples all of the object's expressions (the method
+            draws one per step).
         meta: free-form provenance (file name, image id, annotation ids, ...).
     """
 

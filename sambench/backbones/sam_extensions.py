@@ -18,6 +18,8 @@ from typing import Callable
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, TwoWayTransformer
 
+from sambench.backbones.joint_attention import resized_pos_embed
+
 #: (transformer, src B×C×h×w, pos_src B×C×h×w, tokens B×T×C) -> (hs B×T×C, src B×hw×C)
 TransformerFn = Callable[[TwoWayTransformer, torch.Tensor, torch.Tensor, torch.Tensor], tuple]
 #: (block index, block, x B×h×w×C) -> x B×h×w×C
@@ -40,17 +42,21 @@ def run_mask_decoder(
     """``MaskDecoder.forward`` with the transformer call replaceable.
 
     Args:
-        image_embeddings: 1×256×64×64 (one image; its N prompts share it).
-        image_pe: 1×256×64×64 dense positional encoding.
-        sparse_prompt_embeddings: N×T×256; dense_prompt_embeddings: N×256×64×64.
+        image_embeddings: 1×256×h×w (one image; its N prompts share it) or N×256×h×w (one
+            image per prompt set, e.g. a batch of referring expressions); upstream: 64×64.
+        image_pe: 1×256×h×w dense positional encoding.
+        sparse_prompt_embeddings: N×T×256; dense_prompt_embeddings: N×256×h×w.
     Returns:
-        low-res mask logits N×M×256×256 and IoU predictions N×M (M = 3 or 1).
+        low-res mask logits N×M×4h×4w and IoU predictions N×M (M = 3 or 1).
     """
+    n = sparse_prompt_embeddings.size(0)
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-    output_tokens = output_tokens.unsqueeze(0).expand(sparse_prompt_embeddings.size(0), -1, -1)
+    output_tokens = output_tokens.unsqueeze(0).expand(n, -1, -1)
     tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
-    src = torch.repeat_interleave(image_embeddings, tokens.shape[0], dim=0) + dense_prompt_embeddings
-    pos_src = torch.repeat_interleave(image_pe, tokens.shape[0], dim=0)
+    if image_embeddings.shape[0] != n:
+        image_embeddings = torch.repeat_interleave(image_embeddings, n, dim=0)
+    src = image_embeddings + dense_prompt_embeddings
+    pos_src = image_pe.expand(n, -1, -1, -1)
     b, c, h, w = src.shape
     hs, src = transformer_fn(decoder.transformer, src, pos_src, tokens)
     iou_token_out = hs[:, 0, :]
@@ -71,12 +77,15 @@ def run_image_encoder(encoder: ImageEncoderViT, x: torch.Tensor, block_fn: Block
 
     Args:
         x: B×3×S×S normalised, padded pixels (S = encoder.img_size).
+    Inputs smaller than ``encoder.img_size`` (DIT: 512²) get the absolute position embedding
+    resized bicubically to their grid; upstream ``get_rel_pos`` interpolates the relative tables.
+
     Returns:
         B×256×(S/16)×(S/16) image embeddings.
     """
     x = encoder.patch_embed(x)
     if encoder.pos_embed is not None:
-        x = x + encoder.pos_embed
+        x = x + resized_pos_embed(encoder.pos_embed, tuple(x.shape[1:3]))
     for index, block in enumerate(encoder.blocks):
         x = block(x) if block_fn is None else block_fn(index, block, x)
     return encoder.neck(x.permute(0, 3, 1, 2))

@@ -26,7 +26,7 @@ from sambench.registry import DATASETS, EVALUATORS, METHODS, check_pairing, look
 
 log = logging.getLogger(__name__)
 #: The evaluator each task is scored with.
-TASK_EVALUATORS = {"prompted_instance": "instance_iou", "personalize": "personalization"}
+TASK_EVALUATORS = {"prompted_instance": "instance_iou", "personalize": "personalization", "referring": "referring"}
 
 
 def plain(node) -> dict:
@@ -64,8 +64,16 @@ def build_method(cfg: DictConfig, sam: SamBackbone, run_dir: Path | None = None)
 
 
 def build_dataset(cfg: DictConfig, split: str):
+    """``split`` is ``train`` or ``eval``; the top-level ``split=<name>`` picks the named
+    evaluation split of datasets that have them (RefCOCO: val/testA/testB/test)."""
     kwargs = plain(cfg.dataset)
-    return lookup(DATASETS, kwargs.pop("name"))(split=split, **kwargs)
+    name = kwargs.pop("name")
+    cls = lookup(DATASETS, name)
+    if split == "eval" and cfg.get("split"):
+        if "eval_split" not in inspect.signature(cls).parameters:
+            raise ConfigError(f"split={cfg.split}: dataset '{name}' has no named evaluation splits (drop split=)")
+        kwargs["eval_split"] = cfg.split
+    return cls(split=split, **kwargs)
 
 
 def build_evaluator(method, dataset):

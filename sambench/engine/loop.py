@@ -35,8 +35,9 @@ class Trainer:
         self, *, method, train_set, eval_set, evaluator, run_dir: Path, device: torch.device, run_logger,
         max_steps: int | None = None, max_epochs: int | None = 1, batch_size: int = 2,
         eval_batch_size: int = 2, num_workers: int = 0, optimizer: str = "adamw", lr: float = 1e-4,
-        weight_decay: float = 0.0, betas: tuple = (0.9, 0.999), momentum: float = 0.9,
+        weight_decay: float = 0.0, betas: tuple = (0.9, 0.999), eps: float = 1e-8, momentum: float = 0.9,
         schedule: dict | None = None, grad_clip: float | None = None, ema_decay: float | None = None,
+        ema_warmup: bool = False,
         precision: str = "fp32", accumulate: int = 1, eval_every: int | None = None,
         eval_at_end: bool = True, ckpt_every: int | None = None, resume: str | None = "auto",
         seed: int = 0, find_unused_parameters: bool = False, hooks: list[Hook] | None = None,
@@ -63,13 +64,13 @@ class Trainer:
         if not self.params:
             self.max_steps = 0
         self.step, self.metrics = 0, {}
-        self.optimizer = self._build_optimizer(optimizer, lr, weight_decay, betas, momentum)
-        sched = dict(schedule or {})
+        self.optimizer = self._build_optimizer(optimizer, lr, weight_decay, betas, eps, momentum)
+        sched = epochs_to_steps(dict(schedule or {}), self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_multiplier(s, total_steps=max(1, self.max_steps), **sched)
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        self.ema = ParameterEMA(self.params, ema_decay) if ema_decay and self.params else None
+        self.ema = ParameterEMA(self.params, ema_decay, ema_warmup) if ema_decay and self.params else None
         self.model = method
         if dist.is_distributed() and self.params:
             ids = [device.index] if device.type == "cuda" else None
@@ -80,11 +81,11 @@ class Trainer:
             CheckpointHook(ckpt_every),
         ]
 
-    def _build_optimizer(self, name, lr, weight_decay, betas, momentum):
+    def _build_optimizer(self, name, lr, weight_decay, betas, eps, momentum):
         params = list(self.params.values()) or [torch.nn.Parameter(torch.zeros(1))]
         if name == "sgd":
             return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-        return OPTIMIZERS[name](params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+        return OPTIMIZERS[name](params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
     # ----- the loop ---------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -193,6 +194,18 @@ class Trainer:
         set_rng_state(state["rng"])
         self.step = int(state["step"])
         log.info("resumed from %s at step %d", path, self.step)
+
+
+def epochs_to_steps(schedule: dict, steps_per_epoch: int) -> dict:
+    """Turn the epoch-based keys ``warmup_epochs`` / ``milestone_epochs`` into steps (papers
+    state schedules in epochs; the scheduler steps once per optimizer update)."""
+    warmup_epochs = schedule.pop("warmup_epochs", None)
+    milestone_epochs = schedule.pop("milestone_epochs", None) or []
+    if warmup_epochs is not None:
+        schedule["warmup_steps"] = round(warmup_epochs * steps_per_epoch)
+    if milestone_epochs:
+        schedule["milestones"] = [*schedule.get("milestones", []), *(round(e * steps_per_epoch) for e in milestone_epochs)]
+    return schedule
 
 
 def load_trainable(params: dict[str, torch.nn.Parameter], saved: dict[str, torch.Tensor], path: Path) -> None:

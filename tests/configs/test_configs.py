@@ -14,6 +14,7 @@ import sambench.cli.launch  # noqa: F401  (registers the run-folder stamp resolv
 from sambench import CONFIG_DIR
 from sambench.cli.build import build_backbone, build_dataset, build_evaluator, build_method, check_config
 from sambench.cli.launch import GROUPS, check_group_choices
+from sambench.data.refcoco_synthetic import write_synthetic_refcoco
 from sambench.errors import ConfigError
 from sambench.method import SambenchMethod
 from sambench.registry import DATASETS, METHODS, check_pairing, load_plugins, lookup
@@ -31,8 +32,16 @@ def composed(*overrides: str, config: str = "train"):
         return compose(config, overrides=list(overrides))
 
 
-def data_overrides(dataset: str) -> list[str]:
-    """Point datasets that need files at the shared samples (skip when they are absent)."""
+REFER = {"refcoco": ("refcoco", "unc"), "refcocop": ("refcoco+", "unc"), "refcocog": ("refcocog", "umd")}
+
+
+def data_overrides(dataset: str, tmp_path: Path) -> list[str]:
+    """Point datasets that need files at the shared samples (skip when they are absent) or at
+    generated copies in the real layout."""
+    if dataset in REFER:
+        folder, split_by = REFER[dataset]
+        write_synthetic_refcoco(tmp_path / "refer", num_images=8, dataset=folder, split_by=split_by)
+        return [f"dataset.root={tmp_path / 'refer'}"]
     if dataset == "coco_instances":
         if not SHARED_DATA.is_dir():
             pytest.skip("needs ../shared/data beside the checkout")
@@ -43,6 +52,11 @@ def data_overrides(dataset: str) -> list[str]:
 def method_overrides(method: str) -> list[str]:
     """Keep test-time fitting short (PerSAM-F fits 1000 steps by default)."""
     return ["method.iterations=5"] if method == "persam_f" else []
+
+
+def random_text_encoder(cfg) -> list[str]:
+    """Experiments name a local BERT folder: build a tiny random BERT instead (no files here)."""
+    return ["method.text_encoder.path=null", "method.text_encoder.allow_random_init=true"] if "text_encoder" in cfg.method else []
 
 
 @pytest.mark.parametrize("config", ["train", "eval"])
@@ -85,7 +99,7 @@ def test_invalid_pairings_are_refused(method, dataset):
 
 @pytest.mark.parametrize("method, dataset", VALID)
 def test_every_valid_method_dataset_pair_instantiates(method, dataset, tmp_path):
-    cfg = composed(f"method={method}", f"dataset={dataset}", f"cache.dir={tmp_path}", *data_overrides(dataset),
+    cfg = composed(f"method={method}", f"dataset={dataset}", f"cache.dir={tmp_path}", *data_overrides(dataset, tmp_path),
                    *method_overrides(method))
     check_config(cfg)
     model = build_method(cfg, build_backbone(cfg))
@@ -97,14 +111,16 @@ def test_every_valid_method_dataset_pair_instantiates(method, dataset, tmp_path)
     evaluator = build_evaluator(model, data)
     predictions = model.predict(collate(batch))
     evaluator.process(collate(batch), predictions)
-    assert evaluator.compute()["num_images"] == 1
+    metrics = evaluator.compute()
+    assert metrics.get("num_images", metrics.get("num_samples")) == 1
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_builds_its_method(experiment, tmp_path):
     """Experiments name official backbones: build them with random weights (no files here)."""
-    cfg = composed(f"experiment={experiment}", f"cache.dir={tmp_path}", "backbone.checkpoint=null",
-                   "backbone.allow_random_init=true")
+    overrides = [f"experiment={experiment}", f"cache.dir={tmp_path}", "backbone.checkpoint=null", "backbone.allow_random_init=true"]
+    cfg = composed(*overrides)
+    cfg = composed(*overrides, *random_text_encoder(cfg))
     check_config(cfg)
     model = build_method(cfg, build_backbone(cfg))
     assert model.TASK == lookup(METHODS, cfg.method.name).TASK
@@ -130,15 +146,17 @@ def test_unknown_registry_name():
 
 
 def test_impossible_pairing_names_the_datasets_that_fit():
-    class ReferringOnly(SambenchMethod):
-        TASK = "referring"
+    class NoDataYet(SambenchMethod):
+        TASK = "_no_dataset_serves_this"
 
-    METHODS.register_module(name="_test_referring", module=ReferringOnly)
+    METHODS.register_module(name="_test_task", module=NoDataYet)
     try:
         with pytest.raises(ConfigError, match="cannot run on dataset 'sample'; datasets that fit: none"):
-            check_pairing("_test_referring", "sample")
+            check_pairing("_test_task", "sample")
     finally:
-        METHODS.module_dict.pop("_test_referring")
+        METHODS.module_dict.pop("_test_task")
+    with pytest.raises(ConfigError, match="cannot run on dataset 'perseg'; datasets that fit: refcoco, refcocog, refcocop"):
+        check_pairing("dit_layerwise", "perseg")
 
 
 def test_plugins_do_not_shadow_hugging_face_datasets():

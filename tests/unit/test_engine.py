@@ -12,7 +12,7 @@ from conftest import TINY_SAM
 from sambench.backbones.sam import SamBackbone
 from sambench.engine.checkpoint import LAST, load_checkpoint, save_atomic
 from sambench.engine.ema import ParameterEMA
-from sambench.engine.loop import Trainer
+from sambench.engine.loop import Trainer, epochs_to_steps
 from sambench.engine.schedules import lr_multiplier
 from sambench.errors import CheckpointError, ConfigError
 from sambench.evaluation.instance_iou import InstanceIoUEvaluator
@@ -119,6 +119,28 @@ def test_ema_update_formula():
         p.fill_(3.0)
     ema.update()
     assert ema.shadow["p"].item() == pytest.approx(0.9 * 1.0 + 0.1 * 3.0)
+
+
+def test_ema_warmup_follows_the_weights_early_and_resumes():
+    p = torch.nn.Parameter(torch.tensor([0.0]))
+    ema = ParameterEMA({"p": p}, decay=0.9997, warmup=True)
+    expected = 0.0
+    for n, value in enumerate([1.0, 2.0, 4.0]):
+        with torch.no_grad():
+            p.fill_(value)
+        ema.update()
+        d = min(0.9997, (n + 1) / (n + 10))
+        expected = d * expected + (1 - d) * value
+        assert ema.shadow["p"].item() == pytest.approx(expected)
+    restored = ParameterEMA({"p": p}, decay=0.9997, warmup=True)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.num_updates == 3 and restored.current_decay() == pytest.approx(4 / 13)
+
+
+def test_epoch_based_schedule_keys_become_steps():
+    sched = epochs_to_steps({"name": "step", "warmup_epochs": 3, "milestone_epochs": [30, 35], "milestones": [7]}, 10)
+    assert sched == {"name": "step", "warmup_steps": 30, "milestones": [7, 300, 350]}
+    assert epochs_to_steps({"warmup_steps": 5, "warmup_epochs": None}, 10) == {"warmup_steps": 5}
 
 
 def test_schedules():

@@ -1,0 +1,2 @@
+"""Text-instructed SAM (DIT-SAM and its text-prompt baselines): token injection into the ViT,
+referring-expression preprocessing and extra decoder layers."""
