@@ -52,10 +52,10 @@ def build_tokenizer(source: str | Path | None, lowercase: bool = True) -> Tokeni
         path = path / "vocab.txt"
     if not path.is_file():
         raise CheckpointError(f"tokenizer not found: {path} (expected a vocab.txt or a folder with tokenizer.json/vocab.txt); {DOWNLOAD_HINT}")
-    tokenizer = BertWordPieceTokenizer(str(path), lowercase=lowercase)
-    if tokenizer.token_to_id("[CLS]") is None or tokenizer.token_to_id("[SEP]") is None:
-        raise CheckpointError(f"{path} is not a BERT vocabulary: it has no [CLS]/[SEP] tokens")
-    return tokenizer
+    try:  # from_file reads the vocabulary; BertWordPieceTokenizer(<path str>) would not
+        return BertWordPieceTokenizer.from_file(str(path), lowercase=lowercase)
+    except TypeError as exc:  # raised by tokenizers when [CLS]/[SEP] are missing
+        raise CheckpointError(f"{path} is not a BERT vocabulary: it has no [CLS]/[SEP] tokens ({exc})") from None
 
 
 class BertTextEncoder(nn.Module):

@@ -1,6 +1,7 @@
 """Referring image segmentation metrics: oIoU, mIoU and precision at IoU thresholds.
 
-Per sample (one expression): I = |pred ∧ gt|, U = |pred ∨ gt|, IoU = (I + 1e-10)/(U + 1e-10).
+Per sample (one expression): I = |pred ∧ gt|, U = |pred ∨ gt|, IoU = I/U (1 when U = 0: the
+official (I + 1e-10)/(U + 1e-10) without its 1e-10 perturbation, so an exact 7/10 is not > 0.7).
 - oIoU = ΣI / ΣU over the whole split (records of every rank are gathered first, so it is the
   global ratio; the official code averages per-rank values under DDP, which is wrong);
 - mIoU = mean of per-sample IoUs;
@@ -15,13 +16,12 @@ import numpy as np
 from sambench.evaluation.base import SampleRecordEvaluator
 from sambench.registry import EVALUATORS
 
-EPS = 1e-10
 THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 
 
 def referring_metrics(intersections: np.ndarray, unions: np.ndarray) -> dict:
     """Metrics from per-sample pixel counts (N each)."""
-    ious = (intersections + EPS) / (unions + EPS)
+    ious = np.divide(intersections, unions, out=np.ones_like(unions, dtype=np.float64), where=unions > 0)
     metrics = {
         "oIoU": float(intersections.sum() / unions.sum() * 100) if unions.sum() > 0 else float("nan"),
         "mIoU": float(ious.mean() * 100) if len(ious) else float("nan"),

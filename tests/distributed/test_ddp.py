@@ -66,3 +66,23 @@ def test_multirun_under_torchrun_is_refused(tmp_path):
     assert result.returncode != 0
     assert "--multirun cannot run under torchrun" in result.stderr
     assert str(REPO / "sambench") not in result.stderr  # torchrun reports the exit; no sambench trace
+
+
+def test_two_rank_referring_evaluation_gathers_global_oiou(tmp_path):
+    """DIT on a generated RefCOCO copy, 7 expressions over 2 ranks (one padded): oIoU is the global
+    ΣI/ΣU, so the 2-rank numbers equal the 1-rank ones exactly (a mean of per-rank values would not)."""
+    from sambench.data.refcoco_synthetic import write_synthetic_refcoco
+
+    root = write_synthetic_refcoco(tmp_path / "refer", num_images=12)
+    common = ["method=dit_layerwise", f"dataset.root={root}", "dataset.max_samples=7", "trainer.device=cpu",
+              "trainer.batch_size=2", "trainer.eval_batch_size=2"]
+    train = run_tool("tools/train.py", *common, "trainer.max_steps=3", "trainer.lr=1e-3", f"hydra.run.dir={tmp_path / 'run'}")
+    assert train.returncode == 0, train.stderr[-3000:]
+    args = ["tools/eval.py", *common, f"ckpt={tmp_path / 'run'}"]
+    one = run_tool(*args, f"hydra.run.dir={tmp_path / 'eval1'}")
+    two = run_tool(*args, f"hydra.run.dir={tmp_path / 'eval2'}", torchrun=2)
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-3000:]
+    m1 = json.loads((tmp_path / "eval1" / "metrics.json").read_text())
+    m2 = json.loads((tmp_path / "eval2" / "metrics.json").read_text())
+    assert m1["num_samples"] == 7 and m1["oIoU"] > 0
+    assert m1 == m2

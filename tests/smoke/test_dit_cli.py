@@ -1,0 +1,92 @@
+"""The DIT-SAM command-line contract (issue: DIT-SAM on RefCOCO/+/g), on a generated RefCOCO-layout
+dataset (real file formats: instances.json, refs(unc).p, train2014 JPEGs)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+from conftest import run_tool
+
+from sambench.data.refcoco_synthetic import write_synthetic_refcoco
+
+TINY = ["trainer.device=cpu", "trainer.batch_size=2", "trainer.eval_batch_size=4"]
+RIS_KEYS = {"oIoU", "mIoU", "P@0.5", "P@0.7", "P@0.9"}
+
+
+@pytest.fixture(scope="module")
+def refer_root(tmp_path_factory):
+    return write_synthetic_refcoco(tmp_path_factory.mktemp("refer"), num_images=12)
+
+
+@pytest.fixture(scope="module")
+def dit_run(refer_root, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("dit") / "run"
+    result = run_tool("tools/train.py", "method=dit_layerwise", f"dataset.root={refer_root}", "trainer.max_steps=4",
+                      "trainer.lr=1e-3", *TINY, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir
+
+
+def test_training_writes_ema_checkpoint_and_metrics(dit_run):
+    metrics = json.loads((dit_run / "metrics.json").read_text())
+    assert RIS_KEYS <= set(metrics) and metrics["step"] == 4
+    state = torch.load(dit_run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["ema"]["num_updates"] == 4
+    name = "injection.projections.0.weight"
+    assert state["trainable"][name].abs().max() > 0  # zero-initialised, moved by training
+    assert not torch.equal(state["ema"]["shadow"][name], state["trainable"][name])
+
+
+def test_eval_contract_uses_the_ema_weights(dit_run, refer_root, tmp_path):
+    out = tmp_path / "eval"
+    result = run_tool("tools/eval.py", "method=dit_layerwise", "dataset=refcoco", "split=val", f"dataset.root={refer_root}",
+                      f"ckpt={dit_run}", *TINY, f"hydra.run.dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert RIS_KEYS <= set(metrics)
+    trained = json.loads((dit_run / "metrics.json").read_text())
+    assert metrics["oIoU"] == pytest.approx(trained["oIoU"]) and metrics["num_samples"] == trained["num_samples"]
+    raw = tmp_path / "raw"
+    result = run_tool("tools/eval.py", "method=dit_layerwise", f"dataset.root={refer_root}", f"ckpt={dit_run}",
+                      "use_ema=false", *TINY, f"hydra.run.dir={raw}")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_split_selects_the_named_split_and_rejects_unknown_ones(refer_root, tmp_path):
+    out = tmp_path / "testA"
+    result = run_tool("tools/eval.py", "method=sam_text", "split=testA", f"dataset.root={refer_root}", *TINY, f"hydra.run.dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    refs = pickle.loads((refer_root / "refcoco" / "refs(unc).p").read_bytes())  # our own generated file
+    expected = sum(len(r["sentences"]) for r in refs if "A" in r["split"])
+    assert json.loads((out / "metrics.json").read_text())["num_samples"] == expected
+    bad = run_tool("tools/eval.py", "method=sam_text", "split=testC", f"dataset.root={refer_root}", *TINY,
+                   f"hydra.run.dir={tmp_path / 'bad'}")
+    assert bad.returncode == 2 and "testC" in bad.stderr and "testA" in bad.stderr
+    assert not (tmp_path / "bad" / "metrics.json").exists()
+
+
+def test_a_malicious_refs_pickle_is_refused_before_anything_runs(refer_root, tmp_path):
+    root = tmp_path / "evil"
+    write_synthetic_refcoco(root, num_images=8)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (root / "refcoco" / "refs(unc).p").write_bytes(pickle.dumps([Payload()], protocol=2))
+    result = run_tool("tools/eval.py", "method=sam_text", f"dataset.root={root}", *TINY, f"hydra.run.dir={tmp_path / 'out'}")
+    assert result.returncode == 2
+    assert "refs(unc).p" in result.stderr and "global" in result.stderr
+    assert not marker.exists() and not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_real_backbone_without_bert_folder_is_a_clear_error(refer_root, tmp_path):
+    result = run_tool("tools/eval.py", "experiment=dit_vit_b", "backbone.checkpoint=null", "backbone.allow_random_init=true",
+                      f"method.text_encoder.path={tmp_path / 'bert-base-uncased'}", f"dataset.root={refer_root}",
+                      "trainer.device=cpu", f"hydra.run.dir={tmp_path / 'out'}")
+    assert result.returncode == 2
+    assert "bert-base-uncased" in result.stderr and "config.json" in result.stderr
