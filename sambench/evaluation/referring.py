@@ -5,7 +5,8 @@ official (I + 1e-10)/(U + 1e-10) without its 1e-10 perturbation, so an exact 7/1
 - oIoU = ΣI / ΣU over the whole split (records of every rank are gathered first, so it is the
   global ratio; the official code averages per-rank values under DDP, which is wrong);
 - mIoU = mean of per-sample IoUs;
-- P@X = % of samples with IoU strictly greater than X, X in 0.5, 0.55, …, 0.95.
+- P@X = % of samples with IoU strictly greater than X: ``P@0.5``, ``P@0.7``, ``P@0.9`` at the top
+  level and every X in 0.5, 0.55, …, 0.95 under ``precision``.
 All in percent.
 """
 
@@ -17,6 +18,7 @@ from sambench.evaluation.base import SampleRecordEvaluator
 from sambench.registry import EVALUATORS
 
 THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+HEADLINE = ("P@0.5", "P@0.7", "P@0.9")
 
 
 def referring_metrics(intersections: np.ndarray, unions: np.ndarray) -> dict:
@@ -26,8 +28,9 @@ def referring_metrics(intersections: np.ndarray, unions: np.ndarray) -> dict:
         "oIoU": float(intersections.sum() / unions.sum() * 100) if unions.sum() > 0 else float("nan"),
         "mIoU": float(ious.mean() * 100) if len(ious) else float("nan"),
     }
-    for x in THRESHOLDS:
-        metrics[f"P@{x:g}"] = float((ious > x).mean() * 100) if len(ious) else float("nan")
+    precision = {f"P@{x:g}": float((ious > x).mean() * 100) if len(ious) else float("nan") for x in THRESHOLDS}
+    metrics.update({key: precision[key] for key in HEADLINE})
+    metrics["precision"] = precision
     metrics["num_samples"] = int(len(ious))
     return metrics
 

@@ -90,3 +90,11 @@ def test_real_backbone_without_bert_folder_is_a_clear_error(refer_root, tmp_path
                       "trainer.device=cpu", f"hydra.run.dir={tmp_path / 'out'}")
     assert result.returncode == 2
     assert "bert-base-uncased" in result.stderr and "config.json" in result.stderr
+
+
+def test_benchmark_script_prints_the_side_by_side_table():
+    result = run_tool("tools/bench_dit.py", "--backbone", "sam_tiny", "--repeats", "1", "--device", "cpu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "ms" not in line]
+    assert [row.split("|")[1].strip().split(" ")[0] for row in rows] == ["dit_layerwise", "sam_text", "sam_text"]
+    assert "L-DIT overhead over sam_text" in result.stdout

@@ -219,3 +219,16 @@ def test_prediction_is_one_mask_at_the_original_size():
     assert [p.index for p in predictions] == [0, 1]
     assert predictions[0].masks.shape == (1, 64, 96) and predictions[0].masks.dtype == torch.bool
     assert predictions[0].meta["logits"].shape == (512, 512)
+
+
+def test_text_width_differing_from_the_vit_gets_one_extra_projection():
+    """ViT-H case (768 -> 1280) in miniature: BERT 32-d, ViT 64-d; one default-initialised
+    Linear(32, 64) first, then zero-initialised 64x64 projections per block."""
+    torch.manual_seed(0)
+    sam = SamBackbone(**{**TINY_SAM, "encoder_embed_dim": 64})
+    model = METHODS.get("dit_layerwise")(sam=sam, text_encoder=TEXT).eval()
+    assert model.injection.text_to_vision.weight.shape == (64, 32)
+    assert model.injection.text_to_vision.weight.abs().max() > 0
+    assert [p.weight.shape for p in model.injection.projections] == [(64, 64)] * 2
+    assert model.logits(torch.randn(1, 3, 512, 512), ["red"]).shape == (1, 1, 512, 512)
+    assert build("dit_layerwise").injection.text_to_vision is None  # equal widths: none

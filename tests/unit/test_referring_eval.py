@@ -37,9 +37,10 @@ def test_oiou_miou_and_precision_by_hand():
     assert m["mIoU"] == pytest.approx((1 + 0.7 + 1 / 3 + 0 + 1) / 5 * 100)
     assert m["P@0.5"] == pytest.approx(60.0)   # 1, 0.7, 1
     assert m["P@0.7"] == pytest.approx(40.0)   # strictly greater: 0.7 does not count
-    assert m["P@0.65"] == pytest.approx(60.0)
+    assert m["precision"]["P@0.65"] == pytest.approx(60.0)
     assert m["P@0.9"] == pytest.approx(40.0)
-    assert m["P@0.95"] == pytest.approx(40.0) and m["num_samples"] == 5
+    assert m["precision"]["P@0.95"] == pytest.approx(40.0) and m["num_samples"] == 5
+    assert len(m["precision"]) == 10 and m["precision"]["P@0.7"] == m["P@0.7"]
 
 
 def test_shape_mismatch_is_an_error():
