@@ -127,6 +127,8 @@ class TextInstructedSam(SambenchMethod):
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> list[Prediction]:
+        """One 1×H×W bool mask per sample (its single expression); ``meta["logits"]`` keeps the
+        512×512 float32 logits before the threshold (for comparison with other code)."""
         device = self.text_proj.weight.device
         prepared = [self.preprocess.evaluation(sample.image, device) for sample in batch]
         logits = self.logits(torch.cat([canvas for canvas, _ in prepared]), [sample.texts[0] for sample in batch])

@@ -76,7 +76,9 @@ def _windowed_attention(attn: Attention, text: torch.Tensor, image: torch.Tensor
     qkv_img = attn.qkv(image)
     # Upstream pads the normed tokens with zeros before qkv, so padded tokens carry qkv's bias.
     hp, wp = -(-h // window) * window, -(-w // window) * window
-    padded = attn.qkv.bias.expand(b, hp, wp, -1).clone() if attn.qkv.bias is not None else qkv_img.new_zeros(b, hp, wp, qkv_img.shape[-1])
+    padded = qkv_img.new_zeros(b, hp, wp, qkv_img.shape[-1])
+    if attn.qkv.bias is not None:
+        padded += attn.qkv.bias.to(qkv_img.dtype)
     padded[:, :h, :w] = qkv_img
     windows, _ = window_partition(padded, window)  # (B·nw)×ws×ws×3C
     nw = windows.shape[0] // b

@@ -75,11 +75,11 @@ def run_mask_decoder(
 def run_image_encoder(encoder: ImageEncoderViT, x: torch.Tensor, block_fn: BlockFn | None = None) -> torch.Tensor:
     """``ImageEncoderViT.forward`` with each block call replaceable.
 
-    Args:
-        x: B×3×S×S normalised, padded pixels (S = encoder.img_size).
     Inputs smaller than ``encoder.img_size`` (DIT: 512²) get the absolute position embedding
     resized bicubically to their grid; upstream ``get_rel_pos`` interpolates the relative tables.
 
+    Args:
+        x: B×3×S×S normalised, padded pixels (S = encoder.img_size, or smaller).
     Returns:
         B×256×(S/16)×(S/16) image embeddings.
     """

@@ -232,3 +232,15 @@ def test_text_width_differing_from_the_vit_gets_one_extra_projection():
     assert [p.weight.shape for p in model.injection.projections] == [(64, 64)] * 2
     assert model.logits(torch.randn(1, 3, 512, 512), ["red"]).shape == (1, 1, 512, 512)
     assert build("dit_layerwise").injection.text_to_vision is None  # equal widths: none
+
+
+@pytest.mark.parametrize("attention", ["global", "windowed"])
+def test_bf16_autocast_trains_and_predicts(attention):
+    """Mixed dtypes inside the joint attention (bias, padding, masks) under trainer.precision=bf16."""
+    model = build("dit_layerwise", augment=NO_AUGMENT, attention=attention, mask_text_padding=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model.training_step(referring_batch())["loss_bce"]
+    loss.backward()
+    assert torch.isfinite(loss) and model.injection.projections[0].weight.grad is not None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.predict(referring_batch())[0].masks.shape == (1, 64, 96)
