@@ -16,9 +16,9 @@ import torch
 
 from sambench.data.base import PROMPTED_INSTANCE, SambenchDataset, inside_root, read_image, resolve_root
 from sambench.data.coco_format import (
+    annotation_mask,
     bbox_problem,
     contiguous_categories,
-    decode_segmentation,
     load_coco_json,
     segmentation_problem,
     xywh_to_xyxy,
@@ -161,24 +161,12 @@ class CocoInstancesDataset(SambenchDataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def _decode(self, ann: dict[str, Any], image_info: dict[str, Any], path: Path, size: tuple[int, int]) -> np.ndarray:
-        """One H×W bool mask; a DatasetError names the image if its size disagrees."""
-        height = int(image_info.get("height") or size[0])
-        width = int(image_info.get("width") or size[1])
-        mask = decode_segmentation(ann["segmentation"], height, width)
-        if mask.shape != size:
-            raise DatasetError(
-                f"annotation {ann.get('id')} in {self.ann_path} has a {mask.shape[0]}x{mask.shape[1]} mask "
-                f"but image {path} is {size[0]}x{size[1]}"
-            )
-        return mask
-
     def __getitem__(self, index: int) -> Sample:
         image_info, anns = self.entries[index]
         path = inside_root(self.image_folder, image_info["file_name"])
         image = read_image(path)
         size = (int(image.shape[0]), int(image.shape[1]))
-        masks = np.stack([self._decode(ann, image_info, path, size) for ann in anns])
+        masks = np.stack([annotation_mask(ann, image_info, path, size, self.ann_path) for ann in anns])
         boxes = xywh_to_xyxy(np.array([ann["bbox"] for ann in anns], dtype=np.float32))
         class_ids = np.array([self.category_index[ann["category_id"]] for ann in anns], dtype=np.int64)
         return Sample(

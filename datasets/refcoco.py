@@ -22,9 +22,9 @@ import torch
 
 from sambench.data.base import REFERRING, SambenchDataset, inside_root, read_image, resolve_root
 from sambench.data.coco_format import (
+    annotation_mask,
     bbox_problem,
     contiguous_categories,
-    decode_segmentation,
     load_coco_json,
     segmentation_problem,
     xywh_to_xyxy,
@@ -198,18 +198,6 @@ class RefCocoDataset(SambenchDataset):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def _mask(self, ann: dict[str, Any], image_info: dict[str, Any], path: Path, size: tuple[int, int]) -> np.ndarray:
-        """H×W bool mask of the annotation; its size must match the image read from ``path``."""
-        height = int(image_info.get("height") or size[0])
-        width = int(image_info.get("width") or size[1])
-        mask = decode_segmentation(ann["segmentation"], height, width)
-        if mask.shape != size:
-            raise DatasetError(
-                f"annotation {ann['id']} in {self.ann_path} has a {mask.shape[0]}x{mask.shape[1]} mask "
-                f"but image {path} is {size[0]}x{size[1]}"
-            )
-        return mask
-
     def __getitem__(self, index: int) -> Sample:
         ref_index, sentence_index = self.entries[index]
         ref = self.refs[ref_index]
@@ -235,7 +223,7 @@ class RefCocoDataset(SambenchDataset):
         return Sample(
             index=index,
             image=image,
-            masks=torch.from_numpy(self._mask(ann, image_info, path, size)[None]),
+            masks=torch.from_numpy(annotation_mask(ann, image_info, path, size, self.ann_path)[None]),
             boxes=torch.from_numpy(boxes),
             class_ids=torch.tensor([self.category_index[ann["category_id"]]], dtype=torch.int64),
             class_names=self.class_names,

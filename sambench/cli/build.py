@@ -6,7 +6,6 @@ Modules receive plain keyword arguments (``OmegaConf.to_container``), never a co
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import platform
 import random
@@ -21,7 +20,7 @@ from sambench import REPO_ROOT, __version__
 from sambench.backbones.sam import SamBackbone
 from sambench.engine import dist
 from sambench.errors import ConfigError
-from sambench.logging.jsonl import to_json_safe
+from sambench.files import write_json_atomic, write_text_atomic
 from sambench.registry import DATASETS, EVALUATORS, METHODS, check_pairing, lookup
 
 log = logging.getLogger(__name__)
@@ -103,15 +102,3 @@ def environment() -> dict:
         "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "world_size": dist.world_size(),
     }
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file + rename: readers never see a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Strict JSON (NaN/inf written as null), atomically."""
-    write_text_atomic(path, json.dumps(to_json_safe(data), indent=2) + "\n")

@@ -126,3 +126,17 @@ def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
     """N×4 ``[x, y, w, h]`` -> N×4 ``[x1, y1, x2, y2]`` (same dtype)."""
     boxes = np.asarray(boxes)
     return np.concatenate([boxes[..., :2], boxes[..., :2] + boxes[..., 2:4]], axis=-1)
+
+
+def annotation_mask(ann: dict[str, Any], image_info: dict[str, Any], image_path: Path, size: tuple[int, int], ann_path: Path) -> np.ndarray:
+    """H×W bool mask of a COCO annotation, checked against the size (H, W) of the image read from
+    ``image_path``; a DatasetError names the annotation file and the image when they disagree."""
+    height = int(image_info.get("height") or size[0])
+    width = int(image_info.get("width") or size[1])
+    mask = decode_segmentation(ann["segmentation"], height, width)
+    if mask.shape != size:
+        raise DatasetError(
+            f"annotation {ann.get('id')} in {ann_path} has a {mask.shape[0]}x{mask.shape[1]} mask "
+            f"but image {image_path} is {size[0]}x{size[1]}"
+        )
+    return mask

@@ -14,12 +14,12 @@ adapters read instead when it is present.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from sambench.data.safe_pickle import load_plain_pickle
 from sambench.errors import DatasetError
+from sambench.files import write_json_atomic
 
 #: Valid split names per (dataset folder, split_by), as published with each refs file.
 REFER_SPLITS: dict[tuple[str, str], tuple[str, ...]] = {
@@ -120,17 +120,6 @@ def load_refs(path: Path) -> list[dict[str, Any]]:
     return check_refs(refs, path)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file in the same folder + rename (never half-written)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as file:
-            json.dump(data, file, separators=(",", ":"))
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def export_refs_json(pickle_path: Path, json_path: Path | None = None) -> Path:
     """Write the refs of ``pickle_path`` as JSON (same list of dicts; tuples become lists).
 
@@ -141,5 +130,5 @@ def export_refs_json(pickle_path: Path, json_path: Path | None = None) -> Path:
     json_path = Path(json_path) if json_path is not None else pickle_path.with_suffix(".json")
     if json_path.resolve() == pickle_path.resolve():
         raise DatasetError(f"the JSON export would overwrite its source {pickle_path}; choose another name")
-    write_json_atomic(json_path, load_refs(pickle_path))
+    write_json_atomic(json_path, load_refs(pickle_path), indent=None)
     return json_path
