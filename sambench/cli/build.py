@@ -25,7 +25,10 @@ from sambench.registry import DATASETS, EVALUATORS, METHODS, check_pairing, look
 
 log = logging.getLogger(__name__)
 #: The evaluator each task is scored with.
-TASK_EVALUATORS = {"prompted_instance": "instance_iou", "personalize": "personalization", "referring": "referring"}
+TASK_EVALUATORS = {
+    "prompted_instance": "instance_iou", "personalize": "personalization", "referring": "referring",
+    "semantic_few_shot": "semantic_miou",
+}
 
 
 def plain(node) -> dict:
@@ -52,26 +55,34 @@ def build_backbone(cfg: DictConfig) -> SamBackbone:
     return SamBackbone(**kwargs, cache_dir=cache_dir)
 
 
-def build_method(cfg: DictConfig, sam: SamBackbone, run_dir: Path | None = None):
-    """The method with its config keys; methods whose constructor takes ``run_dir`` (to save
-    artefacts such as PerSAM-F's fitted weights) get the run folder too."""
+def _accepts(cls, name: str) -> bool:
+    return name in inspect.signature(cls).parameters
+
+
+def build_method(cfg: DictConfig, sam: SamBackbone, run_dir: Path | None = None, class_names: list[str] | None = None):
+    """The method with its config keys, plus what some constructors ask for: ``run_dir`` (to
+    save artefacts such as PerSAM-F's fitted weights), ``class_names`` (the dataset's vocabulary,
+    e.g. SSPrompt's semantic prompts) and ``cache_dir`` (frozen-feature caches)."""
     kwargs = plain(cfg.method)
     cls = lookup(METHODS, kwargs.pop("name"))
-    if "run_dir" in inspect.signature(cls).parameters:
-        kwargs["run_dir"] = run_dir
+    extras = {"run_dir": run_dir, "class_names": class_names, "cache_dir": cfg.cache.dir if cfg.cache.enabled else None}
+    kwargs.update({key: value for key, value in extras.items() if _accepts(cls, key)})
     return cls(sam=sam, **kwargs)
 
 
-def build_dataset(cfg: DictConfig, split: str):
+def build_dataset(cfg: DictConfig, split: str, run_dir: Path | None = None):
     """``split`` is ``train`` or ``eval``; the top-level ``split=<name>`` picks the named
-    evaluation split of datasets that have them (RefCOCO: val/testA/testB/test)."""
+    evaluation split of datasets that have them (RefCOCO: val/testA/testB/test). Datasets whose
+    constructor takes ``run_dir`` get it (few-shot selections are saved there)."""
     kwargs = plain(cfg.dataset)
     name = kwargs.pop("name")
     cls = lookup(DATASETS, name)
     if split == "eval" and cfg.get("split"):
-        if "eval_split" not in inspect.signature(cls).parameters:
+        if not _accepts(cls, "eval_split"):
             raise ConfigError(f"split={cfg.split}: dataset '{name}' has no named evaluation splits (drop split=)")
         kwargs["eval_split"] = cfg.split
+    if _accepts(cls, "run_dir"):
+        kwargs["run_dir"] = run_dir
     return cls(split=split, **kwargs)
 
 

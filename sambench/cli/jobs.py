@@ -25,7 +25,7 @@ log = logging.getLogger("sambench")
 
 
 def _start(cfg: DictConfig, job: str):
-    """Shared set-up: run folder, logging, checks, seed, backbone, method, datasets."""
+    """Shared set-up: run folder, logging, checks, seed, run logger."""
     check_config(cfg)
     check_precision(cfg.trainer.precision)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -35,17 +35,23 @@ def _start(cfg: DictConfig, job: str):
     log.info("run folder: %s (%d rank%s, %s)", run_dir, dist.world_size(), "s" * (dist.world_size() > 1), device)
     seed_everything(cfg.trainer.seed)
     set_strict_fp32(cfg.trainer.precision)
-    method = build_method(cfg, build_backbone(cfg), run_dir).to(device)
     run_logger = build_run_logger(
         run_dir=run_dir, rank=dist.rank(), config=plain(cfg), method=cfg.method.name,
         dataset=cfg.dataset.name, backbone=cfg.backbone.name, job_type=job, **plain(cfg.logger),
     )
-    return run_dir, device, method, run_logger
+    return run_dir, device, run_logger
+
+
+def _method(cfg: DictConfig, run_dir: Path, device, dataset):
+    """The method, built after the datasets so it can receive their class names."""
+    class_names = list(getattr(dataset, "class_names", None) or []) or None
+    return build_method(cfg, build_backbone(cfg), run_dir, class_names).to(device)
 
 
 def train(cfg: DictConfig) -> dict:
-    run_dir, device, method, run_logger = _start(cfg, "train")
-    train_set, eval_set = build_dataset(cfg, "train"), build_dataset(cfg, "eval")
+    run_dir, device, run_logger = _start(cfg, "train")
+    train_set, eval_set = build_dataset(cfg, "train", run_dir), build_dataset(cfg, "eval", run_dir)
+    method = _method(cfg, run_dir, device, eval_set)
     log.info("%s: %d train / %d eval samples; %d trainable parameters", cfg.dataset.name, len(train_set),
              len(eval_set), sum(p.numel() for p in method.trainable_parameters().values()))
     trainer_kwargs = plain(cfg.trainer)
@@ -59,7 +65,9 @@ def train(cfg: DictConfig) -> dict:
 
 
 def evaluate_job(cfg: DictConfig) -> dict:
-    run_dir, device, method, run_logger = _start(cfg, "eval")
+    run_dir, device, run_logger = _start(cfg, "eval")
+    eval_set = build_dataset(cfg, "eval", run_dir)
+    method = _method(cfg, run_dir, device, eval_set)
     path = resolve_checkpoint(cfg.ckpt, run_dir)
     if path is not None:
         state = load_checkpoint(path)
@@ -68,7 +76,6 @@ def evaluate_job(cfg: DictConfig) -> dict:
         weights = ema["shadow"] if (cfg.use_ema and ema) else state["trainable"]
         load_trainable(params, weights, path)
         log.info("loaded %s (step %s%s)", path, state.get("step"), ", EMA weights" if cfg.use_ema and ema else "")
-    eval_set = build_dataset(cfg, "eval")
     loader = eval_loader(eval_set, batch_size=cfg.trainer.eval_batch_size, num_workers=cfg.trainer.num_workers)
     metrics, overlays = evaluate(
         method, loader, build_evaluator(method, eval_set), device=device, precision=cfg.trainer.precision,

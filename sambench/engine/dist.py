@@ -74,6 +74,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def collective_device() -> torch.device:
+    """Where tensors for collectives must live: CUDA under NCCL, CPU under gloo (or no DDP)."""
+    if is_distributed() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def shutdown() -> None:
     if is_distributed():
         dist.destroy_process_group()

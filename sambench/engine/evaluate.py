@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from sambench.engine.precision import autocast
@@ -11,6 +12,8 @@ from sambench.logging.console import progress
 from sambench.engine.dist import rank
 from sambench.structures import Prediction, Sample
 from sambench.vis import instance_id_map, overlay_masks, save_png_atomic
+
+IGNORE = 255
 
 
 def _safe(part: str) -> str:
@@ -61,9 +64,10 @@ def evaluate(
                 predictions = method.predict(batch)
             evaluator.process(batch, predictions)
             for sample, pred in zip(batch, predictions):
-                if writes_files and pred.masks is not None:
+                has_output = pred.masks is not None or pred.semantic is not None
+                if writes_files and has_output:
                     write_prediction(sample, pred, predictions_dir, overlays_dir)
-                if len(overlays) < num_overlays and pred.masks is not None:
+                if len(overlays) < num_overlays and has_output:
                     overlays.append(overlay_item(sample, pred))
         metrics = evaluator.compute()
     finally:
@@ -71,21 +75,37 @@ def evaluate(
     return metrics, overlays
 
 
+def class_masks(semantic: torch.Tensor) -> np.ndarray:
+    """H×W class indices -> (max class + 1)×H×W bool masks, mask c = class c (so an overlay
+    colours each class consistently); ignore (255) is left uncovered."""
+    labels = semantic.cpu().numpy()
+    valid = labels[labels != IGNORE]
+    count = int(valid.max()) + 1 if valid.size else 0
+    return labels[None] == np.arange(count).reshape(-1, 1, 1)
+
+
 def write_prediction(sample: Sample, pred: Prediction, predictions_dir: Path | None, overlays_dir: Path | None) -> None:
+    """Instance masks -> an id PNG (0 = background, i + 1 = mask i); a semantic prediction -> a
+    class-index PNG (the dataset's contiguous ids). Overlays go to ``overlays_dir``."""
     relative = prediction_path(sample).with_suffix(".png")
-    masks = pred.masks.cpu().numpy()
+    masks = pred.masks.cpu().numpy() if pred.masks is not None else class_masks(pred.semantic)
     if predictions_dir is not None:
-        ids = instance_id_map(masks)
+        ids = pred.semantic.cpu().numpy() if pred.semantic is not None else instance_id_map(masks)
         save_png_atomic(predictions_dir / relative, ids.astype("uint16" if ids.max() > 255 else "uint8"))
     if overlays_dir is not None:
         save_png_atomic(overlays_dir / relative, overlay_masks(sample.image, masks))
 
 
 def overlay_item(sample: Sample, pred: Prediction) -> dict:
-    gt = instance_id_map(sample.masks.cpu().numpy()) if sample.masks is not None else None
+    if pred.semantic is not None:
+        gt = instance_id_map(class_masks(sample.semantic)) if sample.semantic is not None else None
+        predicted = instance_id_map(class_masks(pred.semantic))
+    else:
+        gt = instance_id_map(sample.masks.cpu().numpy()) if sample.masks is not None else None
+        predicted = instance_id_map(pred.masks.cpu().numpy())
     return {
         "image": sample.image,
-        "pred": instance_id_map(pred.masks.cpu().numpy()),
+        "pred": predicted,
         "gt": gt,
         "caption": sample_name(sample),
         "class_labels": None,

@@ -14,6 +14,7 @@ import sambench.cli.launch  # noqa: F401  (registers the run-folder stamp resolv
 from sambench import CONFIG_DIR
 from sambench.cli.build import build_backbone, build_dataset, build_evaluator, build_method, check_config
 from sambench.cli.launch import GROUPS, check_group_choices
+from sambench.data import semantic_synthetic
 from sambench.data.refcoco_synthetic import write_synthetic_refcoco
 from sambench.errors import ConfigError
 from sambench.method import SambenchMethod
@@ -32,12 +33,16 @@ def composed(*overrides: str, config: str = "train"):
         return compose(config, overrides=list(overrides))
 
 
+SEMANTIC = {name: getattr(semantic_synthetic, f"write_synthetic_{name}") for name in
+            ("cityscapes", "ade20k", "acdc", "bdd100k", "mapillary", "pascal_context")}
 REFER = {"refcoco": ("refcoco", "unc"), "refcocop": ("refcoco+", "unc"), "refcocog": ("refcocog", "umd")}
 
 
 def data_overrides(dataset: str, tmp_path: Path) -> list[str]:
     """Point datasets that need files at the shared samples (skip when they are absent) or at
     generated copies in the real layout."""
+    if dataset in SEMANTIC:
+        return [f"dataset.root={SEMANTIC[dataset](tmp_path / dataset)}", "dataset.shots=1"]
     if dataset in REFER:
         folder, split_by = REFER[dataset]
         write_synthetic_refcoco(tmp_path / "refer", num_images=8, dataset=folder, split_by=split_by)
@@ -49,14 +54,24 @@ def data_overrides(dataset: str, tmp_path: Path) -> list[str]:
     return []
 
 
+PROMPT_LEARNING = ("ssprompt", "spaprompt", "semprompt", "zero_shot_prompts", "coop")
+
+
 def method_overrides(method: str) -> list[str]:
-    """Keep test-time fitting short (PerSAM-F fits 1000 steps by default)."""
-    return ["method.iterations=5"] if method == "persam_f" else []
+    """Keep test-time work short: PerSAM-F fits 1000 steps by default, the prompt-learning
+    methods decode 100 grid prompts per image (4 here)."""
+    if method == "persam_f":
+        return ["method.iterations=5"]
+    return ["method.grid=2"] if method in PROMPT_LEARNING else []
 
 
 def random_text_encoder(cfg) -> list[str]:
-    """Experiments name a local BERT folder: build a tiny random BERT instead (no files here)."""
-    return ["method.text_encoder.path=null", "method.text_encoder.allow_random_init=true"] if "text_encoder" in cfg.method else []
+    """Experiments name local BERT / CLIP weights: build random models instead (no files here)."""
+    if "text_encoder" in cfg.method:
+        return ["method.text_encoder.path=null", "method.text_encoder.allow_random_init=true"]
+    if "clip" in cfg.method:
+        return ["method.clip.checkpoint=null", "method.clip.allow_random_init=true"]
+    return []
 
 
 @pytest.mark.parametrize("config", ["train", "eval"])
@@ -102,17 +117,20 @@ def test_every_valid_method_dataset_pair_instantiates(method, dataset, tmp_path)
     cfg = composed(f"method={method}", f"dataset={dataset}", f"cache.dir={tmp_path}", *data_overrides(dataset, tmp_path),
                    *method_overrides(method))
     check_config(cfg)
-    model = build_method(cfg, build_backbone(cfg))
-    assert isinstance(model, SambenchMethod)
     for split in ("train", "eval"):
-        data = build_dataset(cfg, split)
+        data = build_dataset(cfg, split, tmp_path / "run")
         assert len(data) > 0
         batch = [data[0]]
+    model = build_method(cfg, build_backbone(cfg), class_names=list(getattr(data, "class_names", []) or []) or None)
+    assert isinstance(model, SambenchMethod)
     evaluator = build_evaluator(model, data)
     predictions = model.predict(collate(batch))
     evaluator.process(collate(batch), predictions)
     metrics = evaluator.compute()
-    assert metrics.get("num_images", metrics.get("num_samples")) == 1
+    if "num_pixels" in metrics:  # semantic: pixel counts
+        assert metrics["num_pixels"] > 0
+    else:
+        assert metrics.get("num_images", metrics.get("num_samples")) == 1
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
@@ -122,7 +140,7 @@ def test_every_experiment_builds_its_method(experiment, tmp_path):
     cfg = composed(*overrides)
     cfg = composed(*overrides, *random_text_encoder(cfg))
     check_config(cfg)
-    model = build_method(cfg, build_backbone(cfg))
+    model = build_method(cfg, build_backbone(cfg), class_names=["road", "car"])
     assert model.TASK == lookup(METHODS, cfg.method.name).TASK
 
 

@@ -86,3 +86,24 @@ def test_two_rank_referring_evaluation_gathers_global_oiou(tmp_path):
     m2 = json.loads((tmp_path / "eval2" / "metrics.json").read_text())
     assert m1["num_samples"] == 7 and m1["oIoU"] > 0
     assert m1 == m2
+
+
+def test_two_rank_semantic_evaluation_equals_one_rank(tmp_path):
+    """3 validation images over 2 ranks (the sampler repeats one): the all-reduced confusion
+    matrix counts each image once, so the 2-rank metrics equal the 1-rank ones."""
+    from sambench.data.semantic_synthetic import write_synthetic_cityscapes
+
+    root = write_synthetic_cityscapes(tmp_path / "cityscapes", train_images=2, val_images=3)
+    args = ["tools/eval.py", "method=zero_shot_prompts", f"dataset.root={root}", "method.grid=2",
+            "trainer.device=cpu", "trainer.eval_batch_size=1"]
+    one = run_tool(*args, f"hydra.run.dir={tmp_path / 'eval1'}")
+    two = run_tool(*args, f"hydra.run.dir={tmp_path / 'eval2'}", torchrun=2)
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-3000:]
+    m1 = json.loads((tmp_path / "eval1" / "metrics.json").read_text())
+    m2 = json.loads((tmp_path / "eval2" / "metrics.json").read_text())
+    import numpy as np
+    from PIL import Image
+
+    labelled = sum(int((np.array(Image.open(p)) != 255).sum()) for p in (root / "gtFine" / "val").rglob("*_labelTrainIds.png"))
+    assert m1["num_pixels"] == labelled  # every image counted exactly once
+    assert m1 == m2

@@ -1,0 +1,480 @@
+"""Shared pieces of the semantic segmentation adapters and the few-shot protocol (SSPrompt).
+
+Label maps are returned as H×W int64 tensors with classes ``0..C-1`` and ``255`` = ignore.
+Each adapter lists ``(image, label, prediction_path, meta)`` entries for a split and converts
+the raw label PNG into that form (Cityscapes labelId -> trainId look-up, ADE20K / PASCAL-Context
+``reduce_zero_label``, Mapillary name mapping, or nothing when the files already hold
+trainIds).
+
+Few-shot protocol (``shots=K`` on the training split): for every class, in a seeded random
+class order, images containing the class are drawn at random until K selected images contain it
+(an image counts for every class it holds; a class found in fewer than K images gets all of
+them). Which classes an image holds needs every training label map read once: that *presence
+index* is cached as JSON under ``$SAMBENCH_CACHE_DIR/semantic_index/`` (default
+``~/.cache/sambench``). The selected file list is saved as ``<run_dir>/few_shot_selection.json``
+and ``shots_file=<that file>`` reloads exactly that list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sambench.data.base import SEMANTIC_FEW_SHOT, SambenchDataset, inside_root, read_image, read_label_png, resolve_root
+from sambench.engine import dist
+from sambench.errors import ConfigError, DatasetError
+from sambench.files import write_json_atomic
+from sambench.logging.console import progress
+from sambench.registry import closest
+from sambench.structures import Sample
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = 255
+SELECTION_FILE = "few_shot_selection.json"
+#: Version of the presence-index file format (a change makes old cache files recompute).
+INDEX_VERSION = 1
+#: Threads reading label maps while the presence index is built (PNG decoding releases the GIL).
+SCAN_THREADS = 8
+
+#: The 19 Cityscapes evaluation classes in trainId order (cityscapesScripts labels.py).
+CITYSCAPES_CLASSES = [
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
+    "motorcycle", "bicycle",
+]
+#: labelId of each trainId 0..18; every other labelId (void, parking, rail track, guard rail,
+#: bridge, tunnel, polegroup, caravan, trailer, license plate) is not evaluated (trainId 255).
+CITYSCAPES_TRAIN_LABEL_IDS = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
+
+
+def make_lut(mapping: dict[int, int]) -> np.ndarray:
+    """A 256-entry uint8 look-up table: ``mapping`` where given, 255 everywhere else."""
+    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    for source, target in mapping.items():
+        lut[source] = target
+    return lut
+
+
+#: Cityscapes labelId -> trainId (uint8, 256 entries; everything but the 19 classes -> 255).
+LABEL_ID_TO_TRAIN_ID = make_lut({label_id: train_id for train_id, label_id in enumerate(CITYSCAPES_TRAIN_LABEL_IDS)})
+#: mmseg's reduce_zero_label: 0 -> 255, v -> v - 1 for 1..254, 255 stays 255.
+REDUCE_ZERO_LUT = make_lut({value: value - 1 for value in range(1, 255)})
+
+
+def apply_lut(labels: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """``lut[labels]`` for a label map with values 0..255 (any integer dtype); uint8 out."""
+    if labels.dtype != np.uint8:
+        if labels.size and (labels.min() < 0 or labels.max() > 255):
+            raise ValueError(f"label values must lie in 0..255 for a look-up table, got {labels.min()}..{labels.max()}")
+        labels = labels.astype(np.uint8)
+    return lut[labels]
+
+
+def reduce_zero_label(labels: np.ndarray) -> np.ndarray:
+    """``0..N`` -> ``255, 0..N-1``: label 0 becomes ignore, every other label moves down by one
+    and 255 stays 255 (mmseg: 0 -> 255, minus one, 254 -> 255), as for ADE20K and PASCAL-Context-59."""
+    return apply_lut(labels, REDUCE_ZERO_LUT)
+
+
+# --------------------------------------------------------------------------- few-shot protocol
+
+
+def few_shot_selection(presence: list[set[int]], num_classes: int, shots: int, seed: int) -> list[int]:
+    """Indices (sorted) of a K-shot subset: every class ends up in at least ``min(K, n_c)``
+    selected images, where ``n_c`` is the number of images holding it.
+
+    Classes are visited in a random order drawn from ``seed``; for each one, images holding it
+    that are not yet selected are drawn at random until K selected images hold the class. An
+    image counts for every class it holds. Values outside ``0..num_classes-1`` are ignored.
+    """
+    if shots < 1:
+        raise ValueError(f"shots must be >= 1, got {shots}")
+    rng = random.Random(seed)
+    order = list(range(num_classes))
+    rng.shuffle(order)
+    holders: list[list[int]] = [[] for _ in range(num_classes)]
+    for index, classes in enumerate(presence):
+        for c in classes:
+            if 0 <= c < num_classes:
+                holders[c].append(index)
+    selected: set[int] = set()
+    counts = [0] * num_classes
+    for c in order:
+        candidates = [i for i in holders[c] if i not in selected]
+        rng.shuffle(candidates)
+        for index in candidates:
+            if counts[c] >= shots:
+                break
+            selected.add(index)
+            for k in presence[index]:
+                if 0 <= k < num_classes:
+                    counts[k] += 1
+    return sorted(selected)
+
+
+def index_cache_dir() -> Path:
+    """``$SAMBENCH_CACHE_DIR/semantic_index`` (default ``~/.cache/sambench/semantic_index``)."""
+    base = os.environ.get("SAMBENCH_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "sambench")
+    return Path(base).expanduser() / "semantic_index"
+
+
+# --------------------------------------------------------------------------- file listing
+
+
+@dataclass(frozen=True)
+class SemanticEntry:
+    """One image of a split.
+
+    Attributes:
+        image: absolute image path (inside the dataset root).
+        label: absolute label PNG path (inside the dataset root).
+        prediction_path: relative stem where a prediction for the image is written.
+        meta: extra sample meta of the adapter (e.g. ``{"condition": "fog"}``).
+    """
+
+    image: Path
+    label: Path
+    prediction_path: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def scan_files(folder: Path, suffix: str) -> list[Path]:
+    """Files under ``folder`` (recursively, following symlinks) whose name ends with ``suffix``, sorted."""
+    found = []
+    for current, dirs, files in os.walk(folder, followlinks=True):
+        dirs.sort()
+        found += [Path(current) / name for name in files if name.endswith(suffix) and not name.startswith(".")]
+    return sorted(found)
+
+
+def pair_files(
+    root: Path,
+    image_dir: str,
+    image_suffix: str,
+    label_dir: str,
+    label_suffix: str,
+    *,
+    hint: str = "",
+    prediction_prefix: str = "",
+    meta: dict[str, Any] | None = None,
+) -> list[SemanticEntry]:
+    """Pair every ``<image_dir>/**/<stem><image_suffix>`` with ``<label_dir>/**/<stem><label_suffix>``.
+
+    A missing folder, an empty folder or an image without a label map raises a DatasetError
+    naming the folder scanned and the pattern expected (``hint`` is appended to the message).
+    """
+    image_folder = inside_root(root, image_dir)
+    label_folder = inside_root(root, label_dir)
+    extra = f"; {hint}" if hint else ""
+    if not image_folder.is_dir():
+        raise DatasetError(f"image folder not found: {image_folder} (expected {image_dir}/**/*{image_suffix}{extra})")
+    images = scan_files(image_folder, image_suffix)
+    if not images:
+        raise DatasetError(
+            f"no images in {image_folder}: scanned it recursively for '*{image_suffix}' and found none{extra}"
+        )
+    entries = []
+    for image in images:
+        stem = image.relative_to(image_folder).as_posix()[: -len(image_suffix)]
+        label = label_folder / f"{stem}{label_suffix}"
+        if not label.is_file():
+            raise DatasetError(
+                f"label map not found: {label} (expected one for image {image}: {label_dir}/**/*{label_suffix}{extra})"
+            )
+        entries.append(SemanticEntry(image, label, f"{prediction_prefix}{stem}", dict(meta or {})))
+    return entries
+
+
+def check_choice(dataset: str, option: str, value: Any, valid: tuple[str, ...]) -> None:
+    """ConfigError listing the valid values when ``value`` is not one of them."""
+    if value not in valid:
+        raise ConfigError(
+            f"dataset '{dataset}': {option} must be one of {', '.join(valid)}, got '{value}'"
+            f"{closest(str(value), valid)}"
+        )
+
+
+def _check_int(dataset: str, option: str, value: Any, minimum: int | None, allow_none: bool) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        null = " or null" if allow_none else ""
+        raise ConfigError(f"dataset '{dataset}': {option} must be an integer{bound}{null}, got {value!r}")
+
+
+# --------------------------------------------------------------------------- base dataset
+
+
+class SemanticSegmentationDataset(SambenchDataset):
+    """Base of the semantic segmentation adapters (task ``semantic_few_shot``).
+
+    A subclass sets ``NAME``, ``ROOT_HINT`` and ``class_names`` (before calling this
+    constructor, or in :meth:`prepare`) and implements :meth:`list_entries`; it may override
+    :meth:`locate_root` (accept several root levels), :meth:`prepare` (read files that depend on
+    the root), :meth:`convert_labels` (raw PNG indices -> ``0..C-1`` / 255) and
+    :meth:`label_signature` (anything the conversion depends on, for the presence cache).
+
+    Each :class:`~sambench.structures.Sample` holds ``image`` (H×W×3 uint8 RGB), ``semantic``
+    (H×W int64, 255 = ignore), ``class_names`` and ``meta`` with ``file_name`` (the image path
+    relative to the root), ``prediction_path`` (relative stem) and the adapter's extra keys.
+
+    Args:
+        split: "train" (reads ``split_name`` with the few-shot protocol) or "eval".
+        root: the dataset folder (see the adapter for its layout).
+        split_name: the dataset's own split folder/list name (``train``, ``val``, ``training``...).
+        shots: K images per class on the training split; None = the whole split.
+        shots_seed: seed of the few-shot draw.
+        shots_file: a saved ``few_shot_selection.json`` to reuse instead of drawing.
+        run_dir: run folder where rank 0 saves the selection (None = not saved).
+        max_samples: keep only the first N samples (after the few-shot selection); None = all.
+    """
+
+    TASKS = (SEMANTIC_FEW_SHOT,)
+    NAME = "semantic"
+    ROOT_HINT = "a semantic segmentation dataset folder"
+
+    def __init__(
+        self,
+        *,
+        split: str,
+        root: str,
+        split_name: str,
+        shots: int | None = 16,
+        shots_seed: int = 0,
+        shots_file: str | None = None,
+        run_dir: str | os.PathLike | None = None,
+        max_samples: int | None = None,
+    ):
+        if split not in ("train", "eval"):
+            raise ConfigError(f"dataset '{self.NAME}': split must be 'train' or 'eval', got '{split}'")
+        _check_int(self.NAME, "shots", shots, 1, allow_none=True)
+        _check_int(self.NAME, "shots_seed", shots_seed, None, allow_none=False)
+        _check_int(self.NAME, "max_samples", max_samples, 1, allow_none=True)
+        if not isinstance(split_name, str) or not split_name:
+            raise ConfigError(f"dataset '{self.NAME}': the split name must be a non-empty string, got {split_name!r}")
+        self.split = split
+        self.split_name = split_name
+        self.root = self.locate_root(resolve_root(root, self.NAME, self.ROOT_HINT))
+        self.prepare()
+        self.class_names = list(self.class_names)
+        entries = self.list_entries(split_name)
+        if not entries:
+            raise DatasetError(
+                f"dataset '{self.NAME}': split '{split_name}' under {self.root} has no images ({self.ROOT_HINT})"
+            )
+        self.split_size = len(entries)
+        self.selection: dict[str, Any] | None = None
+        if split == "train" and (shots_file or shots is not None):
+            entries = self._few_shot(entries, shots, shots_seed, shots_file, run_dir)
+        else:
+            logger.info(
+                "%s %s (%s split): %d images, %d classes", self.NAME, split_name, split, len(entries),
+                len(self.class_names),
+            )
+        if max_samples is not None:
+            entries = entries[:max_samples]
+        self.entries: list[SemanticEntry] = entries
+
+    # ---- hooks for subclasses
+
+    def locate_root(self, root: Path) -> Path:
+        """The folder the layout starts at (e.g. ``root/ADEChallengeData2016`` when given its parent)."""
+        return root
+
+    def prepare(self) -> None:
+        """Read root-dependent metadata (class names, mappings) before the files are listed."""
+
+    def list_entries(self, split_name: str) -> list[SemanticEntry]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def convert_labels(self, labels: np.ndarray) -> np.ndarray:
+        """Raw PNG indices (uint8) -> ``0..C-1`` / 255; the files already hold train ids by default."""
+        return labels
+
+    def label_signature(self) -> str:
+        """What :meth:`convert_labels` depends on besides the files (part of the presence-cache key)."""
+        return ""
+
+    # ---- labels
+
+    def load_labels(self, entry: SemanticEntry) -> np.ndarray:
+        """The converted H×W uint8 label map of an entry, values checked against the classes."""
+        raw = read_label_png(entry.label)
+        if raw.dtype != np.uint8:
+            if raw.size and (raw.min() < 0 or raw.max() > 255):
+                raise DatasetError(
+                    f"label map {entry.label} holds values {raw.min()}..{raw.max()}; expected 8-bit class indices"
+                )
+            raw = raw.astype(np.uint8)
+        labels = self.convert_labels(raw)
+        counts = np.bincount(labels.ravel(), minlength=256)
+        bad = [v for v in np.flatnonzero(counts[len(self.class_names):]) + len(self.class_names) if v != IGNORE_INDEX]
+        if bad:
+            raise DatasetError(
+                f"label map {entry.label} holds {'converted ' if self.label_signature() else ''}values "
+                f"{', '.join(str(int(v)) for v in bad[:8])} outside 0..{len(self.class_names) - 1} and {IGNORE_INDEX} "
+                f"(expected {self.NAME} class indices; is it the right label file?)"
+            )
+        return labels
+
+    def _presence_of(self, entry: SemanticEntry) -> list[int]:
+        counts = np.bincount(self.load_labels(entry).ravel(), minlength=256)[: len(self.class_names)]
+        return [int(c) for c in np.flatnonzero(counts)]
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def class_presence(self, entries: list[SemanticEntry]) -> list[set[int]]:
+        """Classes held by each entry's label map, read once and cached (see the module docstring)."""
+        labels = [self.relative(e.label) for e in entries]
+        key = hashlib.sha1()
+        head = [str(self.root), self.split_name, self.label_signature(), len(self.class_names)]
+        key.update(json.dumps(head).encode())
+        for entry, name in zip(entries, labels):
+            stat = entry.label.stat()
+            key.update(f"\n{name}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
+        cache_file = index_cache_dir() / f"{self.NAME}-{key.hexdigest()}.json"
+        cached = self._read_presence(cache_file, labels)
+        if cached is not None:
+            return cached
+        workers = max(1, min(SCAN_THREADS, os.cpu_count() or 1))
+        desc = f"{self.NAME} {self.split_name}: class presence"
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            scan = pool.map(self._presence_of, entries)
+            presence = list(progress(scan, total=len(entries), desc=desc, rank=dist.rank()))
+        data = {
+            "version": INDEX_VERSION, "dataset": self.NAME, "root": str(self.root), "split": self.split_name,
+            "num_classes": len(self.class_names), "labels": labels, "presence": presence,
+        }
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(cache_file, data, indent=None)
+        except OSError as exc:
+            logger.warning(
+                "could not write the class-presence cache %s (%s); it is recomputed next time", cache_file, exc
+            )
+        return [set(p) for p in presence]
+
+    def _read_presence(self, cache_file: Path, labels: list[str]) -> list[set[int]] | None:
+        """The cached presence index, or None when absent or unusable (then it is recomputed)."""
+        if not cache_file.is_file():
+            return None
+        try:
+            data = json.loads(cache_file.read_text(encoding="utf-8"))
+            presence = data["presence"]
+            valid = (
+                data.get("version") == INDEX_VERSION
+                and data.get("labels") == labels
+                and isinstance(presence, list)
+                and len(presence) == len(labels)
+                and all(
+                    isinstance(p, list) and all(type(c) is int and 0 <= c < len(self.class_names) for c in p)
+                    for p in presence
+                )
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            valid = False
+        if not valid:
+            logger.warning("class-presence cache %s is unreadable or stale; recomputing it", cache_file)
+            return None
+        logger.info("%s %s: class presence read from the cache %s", self.NAME, self.split_name, cache_file)
+        return [set(p) for p in presence]
+
+    # ---- few-shot selection
+
+    def _few_shot(
+        self, entries: list[SemanticEntry], shots: int | None, seed: int, shots_file: str | None, run_dir
+    ) -> list[SemanticEntry]:
+        covered = present = None
+        if shots_file:
+            source: str | None = str(Path(shots_file).expanduser())
+            indices, shots, seed = self._load_selection(Path(source), entries)
+        else:
+            source = None
+            presence = self.class_presence(entries)
+            indices = few_shot_selection(presence, len(self.class_names), shots, seed)
+            covered = len(set().union(*(presence[i] for i in indices)))
+            present = len(set().union(*presence))
+        selected = [entries[i] for i in indices]
+        self.selection = {
+            "dataset": self.NAME, "split": self.split_name, "root": str(self.root), "shots": shots, "seed": seed,
+            "images_in_split": len(entries), "num_selected": len(selected), "num_classes": len(self.class_names),
+            "classes_covered": covered, "classes_in_split": present, "source": source,
+            "files": [self.relative(e.image) for e in selected],
+        }
+        if source:
+            logger.info(
+                "%s %s: %d of %d images from the saved selection %s", self.NAME, self.split_name, len(selected),
+                len(entries), source,
+            )
+        else:
+            logger.info(
+                "%s %s: %d-shot selection (seed %d): %d of %d images, classes covered %d/%d (%d appear in the split)",
+                self.NAME, self.split_name, shots, seed, len(selected), len(entries), covered,
+                len(self.class_names), present,
+            )
+        if run_dir is not None and dist.is_main():
+            folder = Path(run_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(folder / SELECTION_FILE, self.selection)
+        return selected
+
+    def _load_selection(self, path: Path, entries: list[SemanticEntry]) -> tuple[list[int], Any, Any]:
+        """Entry indices of a saved selection file (with its shots and seed)."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DatasetError(
+                f"shots_file not found: {path} (expected a {SELECTION_FILE} saved by an earlier run)"
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise DatasetError(
+                f"cannot read shots_file {path} ({exc}); expected a {SELECTION_FILE} saved by an earlier run"
+            ) from None
+        files = data.get("files") if isinstance(data, dict) else None
+        if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
+            raise DatasetError(f"shots_file {path} has no 'files' list of image paths (expected a {SELECTION_FILE})")
+        position = {self.relative(e.image): i for i, e in enumerate(entries)}
+        indices = set()
+        for name in files:
+            if name not in position:
+                raise DatasetError(
+                    f"shots_file {path} lists '{name}', which is not in the {self.NAME} '{self.split_name}' split "
+                    f"under {self.root} (was the selection made on another dataset, split or copy?)"
+                )
+            indices.add(position[name])
+        return sorted(indices), data.get("shots"), data.get("seed")
+
+    # ---- samples
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> Sample:
+        entry = self.entries[index]
+        image = read_image(entry.image)
+        labels = self.load_labels(entry)
+        if labels.shape != image.shape[:2]:
+            raise DatasetError(
+                f"label map {entry.label} is {labels.shape[0]}x{labels.shape[1]} but image {entry.image} is "
+                f"{image.shape[0]}x{image.shape[1]} (expected the same size)"
+            )
+        return Sample(
+            index=index,
+            image=image,
+            semantic=torch.from_numpy(labels.astype(np.int64)),
+            class_names=self.class_names,
+            meta={"file_name": self.relative(entry.image), "prediction_path": entry.prediction_path, **entry.meta},
+        )
