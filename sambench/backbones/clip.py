@@ -22,6 +22,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
+from sambench.backbones.sam_checkpoint import file_sha256, module_sha256
 from sambench.cache import EmbeddingCache
 from sambench.errors import CheckpointError, ConfigError
 from sambench.weights_file import load_weights_file
@@ -66,8 +67,8 @@ class ClipBackbone(nn.Module):
         self.name, self.dense_size, self.patch = model, dense_size, patch
         self.tokenizer = SimpleTokenizer(context_length=self.clip.context_length)
         self.cache = None
-        if cache_dir:
-            weights = Path(checkpoint).name if checkpoint else f"random{init_seed}"
+        if cache_dir:  # keyed by the weights' content, as SAM's embeddings
+            weights = file_sha256(str(Path(checkpoint).expanduser()))[:16] if checkpoint else module_sha256(self.clip.visual)[:16]
             self.cache = EmbeddingCache(cache_dir, f"clip-{model}-{weights}-{dense_size}")
 
     @staticmethod

@@ -1,7 +1,7 @@
 """SSPrompt efficiency: ``python tools/bench_ssprompt.py [--backbone B] [--clip C] [--classes N] ...``.
 
-Training-step time and peak memory of ``ssprompt`` vs ``coop`` on the same SAM, CLIP, batch and
-images, side by side in one run (a Markdown table on stdout, progress on stderr). The paper
+Training-step time and peak memory of ``ssprompt`` (and ``semprompt``) vs ``coop`` on the same
+SAM, CLIP, batch and images, side by side in one run (a Markdown table on stdout, progress on stderr). The paper
 (Table 7, ADE20K, 150 classes): 56.0 ms / 3.82 GB vs CoOp 87.5 ms / 8.22 GB, i.e. −36 % time and
 −53.5 % memory; the target is at least as large a saving.
 
@@ -31,6 +31,9 @@ from sambench.cli.bench_report import progress as report_progress
 
 BACKBONES = {"sam_vit_b": SAM_VIT_B, "sam_tiny": SAM_TINY}
 PAPER = {"time": -36.0, "memory": -53.5}
+#: ssprompt vs coop is the paper's comparison; semprompt (semantic prompts only, the side CoOp
+#: also learns) separates the text-encoder saving from the cost of learning spatial prompts.
+METHODS = ("ssprompt", "semprompt", "coop")
 
 
 def progress(message: str) -> None:
@@ -122,7 +125,7 @@ def main(argv: list[str]) -> int:
         return 0
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-ssprompt-") as cache:
-        for method in ("ssprompt", "coop"):
+        for method in METHODS:
             progress(f"{method}: {args.steps} steps in a fresh process ({args.device})")
             child = subprocess.run([sys.executable, "-m", "sambench.cli.bench_ssprompt", *argv, "--worker", method,
                                     "--cache", cache], capture_output=True, text=True)
@@ -130,18 +133,21 @@ def main(argv: list[str]) -> int:
                 print(child.stderr[-3000:], file=sys.stderr)
                 return 1
             results[method] = json.loads(child.stdout.strip().splitlines()[-1])
-    ss, co = results["ssprompt"], results["coop"]
+    co = results["coop"]
     unit = "GPU MiB above start" if args.device.startswith("cuda") else "CPU peak RSS growth MiB"
     rows = [[name, f"{r['ms']:.1f}", f"{r['min_ms']:.1f}", f"{r['memory_mb']:.0f}", r["trainable"]] for name, r in results.items()]
-    time_change = (ss["ms"] / co["ms"] - 1) * 100
-    memory_change = (ss["memory_mb"] / co["memory_mb"] - 1) * 100 if co["memory_mb"] > 0 else float("nan")
     print(f"## SSPrompt vs CoOp training step ({args.backbone}, CLIP {args.clip}, {args.classes} classes, "
           f"{args.grid ** 2} spatial prompts, batch {args.batch}, {args.height}x{args.width}, {args.device})\n")
     print(markdown_table(["method", "median ms/step", "min ms", unit, "trainable params"], rows))
-    verdict_time = "PASS" if time_change <= PAPER["time"] else "MISS"
-    verdict_memory = "PASS" if memory_change <= PAPER["memory"] else "MISS"
-    print(f"\nssprompt vs coop: time {time_change:+.1f} % (paper {PAPER['time']:+.1f} %: {verdict_time}), "
-          f"memory {memory_change:+.1f} % (paper {PAPER['memory']:+.1f} %: {verdict_memory})")
+    print()
+    for method in METHODS[:-1]:
+        r = results[method]
+        time_change = (r["ms"] / co["ms"] - 1) * 100
+        memory_change = (r["memory_mb"] / co["memory_mb"] - 1) * 100 if co["memory_mb"] > 0 else float("nan")
+        verdict_time = "PASS" if time_change <= PAPER["time"] else "MISS"
+        verdict_memory = "PASS" if memory_change <= PAPER["memory"] else "MISS"
+        print(f"{method} vs coop: time {time_change:+.1f} % (paper's ssprompt {PAPER['time']:+.1f} %: {verdict_time}), "
+              f"memory {memory_change:+.1f} % (paper's ssprompt {PAPER['memory']:+.1f} %: {verdict_memory})")
     return 0
 
 

@@ -81,4 +81,4 @@ def test_efficiency_script_prints_both_methods_side_by_side():
                       "--height", "64", "--width", "96", "--dense-size", "224", "--device", "cpu")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line.split("|")[1].strip() for line in result.stdout.splitlines() if line.startswith("| ") and "ms" not in line]
-    assert rows == ["ssprompt", "coop"] and "ssprompt vs coop: time" in result.stdout
+    assert rows == ["ssprompt", "semprompt", "coop"] and "ssprompt vs coop: time" in result.stdout
