@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 #: The evaluator each task is scored with.
 TASK_EVALUATORS = {
     "prompted_instance": "instance_iou", "personalize": "personalization", "referring": "referring",
-    "semantic_few_shot": "semantic_miou",
+    "semantic_few_shot": "semantic_miou", "open_vocab_instance": "open_vocab",
 }
 
 
@@ -86,11 +86,17 @@ def build_dataset(cfg: DictConfig, split: str, run_dir: Path | None = None):
     return cls(split=split, **kwargs)
 
 
-def build_evaluator(method, dataset):
+def build_evaluator(method, dataset, run_dir: Path | None = None):
+    """The task's evaluator; evaluators with ``from_dataset`` read what they need from the
+    dataset (open-vocabulary: novel flags, category ids, the GT file for AP) and get the run
+    folder for their result files."""
     name = getattr(method, "EVALUATOR", None) or TASK_EVALUATORS.get(method.TASK)
     if name is None:
         raise ConfigError(f"no evaluator for task '{method.TASK}'")
-    return lookup(EVALUATORS, name)(class_names=list(getattr(dataset, "class_names", []) or []) or None)
+    cls = lookup(EVALUATORS, name)
+    if hasattr(cls, "from_dataset"):
+        return cls.from_dataset(dataset, output_dir=str(run_dir) if run_dir else None)
+    return cls(class_names=list(getattr(dataset, "class_names", []) or []) or None)
 
 
 def write_run_files(cfg: DictConfig, run_dir: Path) -> None:

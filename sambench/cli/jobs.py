@@ -57,7 +57,7 @@ def train(cfg: DictConfig) -> dict:
     trainer_kwargs = plain(cfg.trainer)
     trainer_kwargs.pop("device")
     trainer = Trainer(method=method, train_set=train_set, eval_set=eval_set,
-                      evaluator=build_evaluator(method, eval_set), run_dir=run_dir, device=device,
+                      evaluator=build_evaluator(method, eval_set, run_dir), run_dir=run_dir, device=device,
                       run_logger=run_logger, **trainer_kwargs)
     metrics = trainer.fit()
     _finish(run_dir, metrics, run_logger)
@@ -78,7 +78,7 @@ def evaluate_job(cfg: DictConfig) -> dict:
         log.info("loaded %s (step %s%s)", path, state.get("step"), ", EMA weights" if cfg.use_ema and ema else "")
     loader = eval_loader(eval_set, batch_size=cfg.trainer.eval_batch_size, num_workers=cfg.trainer.num_workers)
     metrics, overlays = evaluate(
-        method, loader, build_evaluator(method, eval_set), device=device, precision=cfg.trainer.precision,
+        method, loader, build_evaluator(method, eval_set, run_dir), device=device, precision=cfg.trainer.precision,
         predictions_dir=run_dir / "predictions" if cfg.save_predictions else None,
         overlays_dir=run_dir / "vis" if cfg.save_overlays else None,
         num_overlays=getattr(run_logger, "num_overlays", 0),

@@ -1,0 +1,164 @@
+"""Open-vocabulary instance data: the COCO 48/17 split, class-name synonyms and a shared base
+for COCO-format open-vocabulary datasets (``datasets/coco_ov.py``, ``datasets/lvis.py``).
+
+A dataset built on :class:`OpenVocabInstanceDataset` exposes
+
+- ``class_names``: the vocabulary of the split, contiguous (class id = index);
+- ``category_ids``: class id -> original category id of the annotation file;
+- ``novel``: one bool per class (True = novel / unseen in training);
+- ``ann_file_path``: absolute path of the ground-truth json (for AP evaluation).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from sambench.data.base import OPEN_VOCAB_INSTANCE, SambenchDataset, read_image
+from sambench.data.coco_format import annotation_mask, bbox_problem, segmentation_problem, xywh_to_xyxy
+from sambench.errors import ConfigError, DatasetError
+from sambench.structures import Sample
+
+logger = logging.getLogger(__name__)
+
+#: COCO category ids of the 48 base classes of the open-vocabulary split (OVR-CNN / OV-SAM).
+COCO_BASE_IDS: tuple[int, ...] = (
+    1, 2, 3, 4, 7, 8, 9, 15, 16, 19, 20, 23, 24, 25, 27, 31, 33, 34, 35, 38, 42, 44, 48, 50,
+    51, 52, 53, 54, 55, 56, 57, 59, 60, 62, 65, 70, 72, 73, 74, 75, 78, 79, 80, 82, 84, 85, 86, 90,
+)
+#: COCO category ids of the 17 novel classes.
+COCO_NOVEL_IDS: tuple[int, ...] = (5, 6, 17, 18, 21, 22, 28, 32, 36, 41, 47, 49, 61, 63, 76, 81, 87)
+
+
+def synonyms(name: str) -> list[str]:
+    """Synonyms of a class name: ``_or_`` and ``/`` separate synonyms as ``,`` does, ``_`` is a
+    space, lower-cased, stripped, empties dropped (``'couch,sofa,sofas'`` -> three names,
+    ``'car_(automobile)'`` -> ``['car (automobile)']``)."""
+    text = name.replace("_or_", ",").replace("/", ",").replace("_", " ").lower()
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+class OpenVocabInstanceDataset(SambenchDataset):
+    """One :class:`Sample` per image keeping at least one instance of the split's vocabulary.
+
+    Subclasses call :meth:`_build` from ``__init__`` and implement :meth:`image_path`.
+    """
+
+    TASKS = (OPEN_VOCAB_INSTANCE,)
+    NAME = "open_vocab"
+
+    def _check_common(self, split: str, max_images: int | None) -> None:
+        if split not in ("train", "eval"):
+            raise ConfigError(f"dataset '{self.NAME}': split must be 'train' or 'eval', got '{split}'")
+        if max_images is not None and max_images < 1:
+            raise ConfigError(f"dataset.max_images must be >= 1 or null, got {max_images}")
+
+    def _build(
+        self,
+        data: dict[str, Any],
+        ann_path: Path,
+        keep_ids: Iterable[int],
+        novel_ids: Iterable[int],
+        *,
+        include_crowd: bool,
+        min_area: float,
+        max_images: int | None,
+    ) -> None:
+        """Index ``data`` keeping annotations of the categories ``keep_ids`` (sorted into the
+        contiguous vocabulary); ``novel_ids`` are flagged novel."""
+        self.ann_path = ann_path
+        names = {}
+        for category in data["categories"]:
+            if not isinstance(category, dict) or "id" not in category or "name" not in category:
+                raise DatasetError(f"annotation file {ann_path}: every category needs an 'id' and a 'name'")
+            if category["id"] in names:
+                raise DatasetError(f"annotation file {ann_path}: category id {category['id']} appears twice")
+            names[category["id"]] = category
+        keep = sorted(set(keep_ids))
+        missing = [cat_id for cat_id in keep if cat_id not in names]
+        if missing:
+            raise DatasetError(
+                f"annotation file {ann_path} lacks category id(s) {missing[:10]} that dataset '{self.NAME}' needs"
+            )
+        novel = set(novel_ids)
+        self.category_ids: list[int] = keep
+        self.category_index = {cat_id: index for index, cat_id in enumerate(keep)}
+        self.class_names: list[str] = [str(names[cat_id]["name"]) for cat_id in keep]
+        self.novel: list[bool] = [cat_id in novel for cat_id in keep]
+        self.categories: list[dict[str, Any]] = [names[cat_id] for cat_id in keep]
+        self.include_crowd = include_crowd
+        self.min_area = float(min_area)
+        self.num_invalid_annotations = 0
+        first_problem = ""
+        kept: dict[Any, list[dict[str, Any]]] = {}
+        for ann in data["annotations"]:
+            if not isinstance(ann, dict) or "image_id" not in ann:
+                raise DatasetError(f"annotation file {ann_path}: every annotation needs an 'image_id'")
+            if ann.get("category_id") not in names:
+                raise DatasetError(
+                    f"annotation file {ann_path}: annotation {ann.get('id')} has unknown category_id {ann.get('category_id')}"
+                )
+            if ann["category_id"] not in self.category_index:
+                continue
+            if ann.get("iscrowd", 0) and not include_crowd:
+                continue
+            if float(ann.get("area", 0.0)) < self.min_area:
+                continue
+            problem = segmentation_problem(ann.get("segmentation")) or bbox_problem(ann.get("bbox"))
+            if problem:
+                if not self.num_invalid_annotations:
+                    first_problem = f"annotation {ann.get('id')}: {problem}"
+                self.num_invalid_annotations += 1
+                continue
+            kept.setdefault(ann["image_id"], []).append(ann)
+        if self.num_invalid_annotations:
+            logger.warning(
+                "%s: skipped %d annotation(s) with an invalid segmentation or bbox (first: %s)",
+                ann_path, self.num_invalid_annotations, first_problem,
+            )
+        for image in data["images"]:
+            if not isinstance(image, dict) or "id" not in image:
+                raise DatasetError(f"annotation file {ann_path}: every image needs an 'id'")
+        images = sorted((image for image in data["images"] if image["id"] in kept), key=lambda image: image["id"])
+        if max_images is not None:
+            images = images[:max_images]
+        self.entries: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [(image, kept[image["id"]]) for image in images]
+
+    @property
+    def ann_file_path(self) -> str:
+        """Absolute path of the ground-truth json."""
+        return str(self.ann_path)
+
+    def image_path(self, image_info: dict[str, Any]) -> tuple[Path, str]:  # pragma: no cover - abstract
+        """(absolute image path, relative name used for ``file_name`` / ``prediction_path``)."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> Sample:
+        image_info, anns = self.entries[index]
+        path, relative = self.image_path(image_info)
+        image = read_image(path)
+        size = (int(image.shape[0]), int(image.shape[1]))
+        masks = np.stack([annotation_mask(ann, image_info, path, size, self.ann_path) for ann in anns])
+        boxes = xywh_to_xyxy(np.array([ann["bbox"] for ann in anns], dtype=np.float32))
+        class_ids = np.array([self.category_index[ann["category_id"]] for ann in anns], dtype=np.int64)
+        return Sample(
+            index=index,
+            image=image,
+            masks=torch.from_numpy(masks),
+            boxes=torch.from_numpy(boxes),
+            class_ids=torch.from_numpy(class_ids),
+            class_names=self.class_names,
+            meta={
+                "image_id": image_info["id"],
+                "file_name": relative,
+                "ann_ids": [ann.get("id") for ann in anns],
+                "prediction_path": str(Path(relative).with_suffix("")),
+            },
+        )
