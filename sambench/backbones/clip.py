@@ -2,7 +2,8 @@
 
 Weights load from a local file only (``.safetensors`` or a ``torch.load``-able state dict, with
 ``weights_only=True``); ``model=tiny`` builds a small random ViT CLIP (tests, embedded default).
-Dense features (ViT models): the image is resized so its long side is ``dense_size`` and
+ResNet models (RN50, RN50x16, ...; OV-SAM) give their four stage maps at strides 4/8/16/32 and
+the ``attnpool`` head for region features. Dense features (ViT models): the image is resized so its long side is ``dense_size`` and
 zero-padded at the bottom/right to a square (the same top-left letterbox as SAM's input, so a
 SAM mask and a CLIP feature map cover the same frame), the position embedding is interpolated
 to the patch grid, and every patch token goes through ``ln_post`` and ``proj``:
@@ -18,7 +19,9 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+from open_clip.modified_resnet import ModifiedResNet
 from open_clip.tokenizer import SimpleTokenizer
+from open_clip.transformer import VisionTransformer
 from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
@@ -27,8 +30,12 @@ from sambench.cache import EmbeddingCache
 from sambench.errors import CheckpointError, ConfigError
 from sambench.weights_file import load_weights_file
 
-TINY = dict(embed_dim=64, vision_cfg=dict(layers=2, width=64, head_width=32, patch_size=16, image_size=224),
-            text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2))
+TINY_TEXT = dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2)
+#: Small random presets for tests: a ViT CLIP (dense features) and a ResNet CLIP (stage features).
+PRESETS = {
+    "tiny": dict(embed_dim=64, vision_cfg=dict(layers=2, width=64, head_width=32, patch_size=16, image_size=224)),
+    "tiny_rn": dict(embed_dim=64, vision_cfg=dict(layers=(1, 1, 1, 1), width=8, image_size=64)),
+}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DOWNLOAD_HINT = (
@@ -41,7 +48,7 @@ class ClipBackbone(nn.Module):
     """Frozen CLIP with sambench's entry points.
 
     Args:
-        model: an open_clip ViT model name (``ViT-B-16``, ``ViT-L-14``, ...) or ``tiny``.
+        model: an open_clip model name (``ViT-B-16``, ``RN50x16``, ...) or ``tiny`` / ``tiny_rn``.
         checkpoint: local weights file; required unless ``allow_random_init``.
         dense_size: long side of the image for dense features (multiple of the patch size).
         cache_dir: cache of dense features (keyed by image, model and weights); None = off.
@@ -58,10 +65,9 @@ class ClipBackbone(nn.Module):
             self._load(checkpoint, model)
         elif not allow_random_init:
             raise CheckpointError(f"method.clip.checkpoint is not set for CLIP {model}: {DOWNLOAD_HINT}")
-        if not hasattr(self.clip.visual, "conv1"):
-            raise ConfigError(f"CLIP {model}: dense features need a ViT image tower (ViT-*), not {type(self.clip.visual).__name__}")
-        patch = self.clip.visual.conv1.kernel_size[0]
-        if dense_size % patch:
+        self.is_vit = isinstance(self.clip.visual, VisionTransformer)
+        patch = self.clip.visual.conv1.kernel_size[0] if self.is_vit else 32
+        if self.is_vit and dense_size % patch:
             raise ConfigError(f"method.clip.dense_size={dense_size} must be a multiple of the patch size {patch}")
         self.clip.requires_grad_(False).eval()
         self.name, self.dense_size, self.patch = model, dense_size, patch
@@ -73,9 +79,10 @@ class ClipBackbone(nn.Module):
 
     @staticmethod
     def _build(model: str) -> nn.Module:
-        if model == "tiny":
-            return open_clip.CLIP(embed_dim=TINY["embed_dim"], vision_cfg=CLIPVisionCfg(**TINY["vision_cfg"]),
-                                  text_cfg=CLIPTextCfg(**TINY["text_cfg"]))
+        if model in PRESETS:
+            preset = PRESETS[model]
+            return open_clip.CLIP(embed_dim=preset["embed_dim"], vision_cfg=CLIPVisionCfg(**preset["vision_cfg"]),
+                                  text_cfg=CLIPTextCfg(**TINY_TEXT))
         if model not in open_clip.list_models():
             raise ConfigError(f"unknown CLIP model '{model}'; open_clip knows e.g. ViT-B-16, ViT-L-14 (open_clip.list_models())")
         return open_clip.create_model(model, pretrained=None)
@@ -139,8 +146,27 @@ class ClipBackbone(nn.Module):
         x = (x - x.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)) / x.new_tensor(CLIP_STD).view(1, 3, 1, 1)
         return F.pad(x, (0, self.dense_size - nw, 0, self.dense_size - nh))
 
+    def stage_features(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """ResNet CLIP: B×3×S×S -> the outputs of layer1..layer4 (strides 4, 8, 16, 32; RN50x16:
+        384, 768, 1536, 3072 channels)."""
+        visual = self.clip.visual
+        if not isinstance(visual, ModifiedResNet):
+            raise ConfigError(f"CLIP {self.name}: stage features need a ResNet image tower (RN50, RN50x16, ...)")
+        x, out = visual.stem(pixels), []
+        for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
+            x = layer(x)
+            out.append(x)
+        return out
+
+    def pool_regions(self, regions: torch.Tensor) -> torch.Tensor:
+        """ResNet CLIP: layer4 region maps K×C×s×s (s = the attnpool grid, RN50x16: 12) -> K×D
+        CLIP image embeddings (the ``attnpool`` head)."""
+        return self.clip.visual.attnpool(regions)
+
     def dense_from_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """B×3×S×S -> B×D×g×g L2-normalised patch features (g = S / patch)."""
+        if not self.is_vit:
+            raise ConfigError(f"CLIP {self.name}: dense patch features need a ViT image tower (ViT-*)")
         visual = self.clip.visual
         x = visual.conv1(pixels)
         b, c, g, _ = x.shape
