@@ -1,0 +1,73 @@
+"""The SAM2CLIP adapter: frozen CLIP stage maps -> a SAM-like 256×64×64 image embedding.
+
+Per stage a patch embedding to stride 16 and ``dim`` channels (Conv k = s = 4 / 2 / 1 for strides
+4 / 8 / 16, ConvTranspose k = s = 2 for stride 32; with bias, no norm), plus a learnt level
+embedding; the four levels are summed, SAM's absolute position embedding is added (a buffer,
+copied from SAM ViT-H by :meth:`copy_pos_embed`), then upstream ``segment_anything`` ViT blocks
+(windowed 14 except the last, global; relative positions) and a SAM-style neck
+(Conv1×1 → LayerNorm2d → Conv3×3 → LayerNorm2d). ViT-H sizes (dim 1280, 16 heads, 5 blocks) by
+default. Distilled with MSE against SAM ViT-H's embeddings (stage 1 of Open-Vocabulary SAM).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from segment_anything.modeling.common import LayerNorm2d
+from segment_anything.modeling.image_encoder import Block
+from torch import nn
+
+STRIDES = (4, 8, 16, 32)
+
+
+def patch_embedding(in_channels: int, dim: int, stride: int) -> nn.Module:
+    """A stage map at ``stride`` -> ``dim`` channels at stride 16."""
+    if stride <= 16:
+        factor = 16 // stride
+        return nn.Conv2d(in_channels, dim, kernel_size=factor, stride=factor)
+    factor = stride // 16
+    return nn.ConvTranspose2d(in_channels, dim, kernel_size=factor, stride=factor)
+
+
+class Sam2ClipAdapter(nn.Module):
+    """Args:
+        in_channels: channels of the four CLIP stages (RN50x16: 384, 768, 1536, 3072).
+        dim / num_heads / depth: transformer sizes (ViT-H: 1280 / 16 / 5).
+        grid: embedding grid (64 for a 1024² input); window: window size of all but the last block.
+        out_channels: embedding channels (SAM: 256).
+    """
+
+    def __init__(self, *, in_channels: tuple[int, ...] = (384, 768, 1536, 3072), dim: int = 1280, num_heads: int = 16,
+                 depth: int = 5, grid: int = 64, window: int = 14, out_channels: int = 256):
+        super().__init__()
+        self.patch_embeds = nn.ModuleList(patch_embedding(c, dim, s) for c, s in zip(in_channels, STRIDES))
+        self.level_embedding = nn.Embedding(len(in_channels), dim)
+        self.register_buffer("pos_embed", torch.zeros(1, grid, grid, dim))
+        norm = partial(nn.LayerNorm, eps=1e-6)
+        self.blocks = nn.ModuleList(
+            Block(dim=dim, num_heads=num_heads, mlp_ratio=4.0, qkv_bias=True, norm_layer=norm, act_layer=nn.GELU,
+                  use_rel_pos=True, window_size=0 if i == depth - 1 else window,
+                  input_size=(grid, grid) if i == depth - 1 else (window, window))
+            for i in range(depth)
+        )
+        self.neck = nn.Sequential(
+            nn.Conv2d(dim, out_channels, kernel_size=1, bias=False), LayerNorm2d(out_channels),
+            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False), LayerNorm2d(out_channels),
+        )
+
+    @torch.no_grad()
+    def copy_pos_embed(self, sam_image_encoder) -> None:
+        """Take SAM's absolute position embedding (1×64×64×dim; not trained here)."""
+        if sam_image_encoder.pos_embed.shape != self.pos_embed.shape:
+            raise ValueError(f"SAM pos_embed {tuple(sam_image_encoder.pos_embed.shape)} does not fit the adapter {tuple(self.pos_embed.shape)}")
+        self.pos_embed.copy_(sam_image_encoder.pos_embed)
+
+    def forward(self, stages: list[torch.Tensor]) -> torch.Tensor:
+        """Four CLIP stage maps (B×C_i×S/s_i×S/s_i) -> B×256×S/16×S/16."""
+        x = sum(embed(stage) + self.level_embedding.weight[i].view(1, -1, 1, 1)
+                for i, (embed, stage) in enumerate(zip(self.patch_embeds, stages)))
+        x = x.permute(0, 2, 3, 1) + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        return self.neck(x.permute(0, 3, 1, 2))
