@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 TASK_EVALUATORS = {
     "prompted_instance": "instance_iou", "personalize": "personalization", "referring": "referring",
     "semantic_few_shot": "semantic_miou", "open_vocab_instance": "open_vocab",
+    "image_distillation": "embedding_distillation",
 }
 
 

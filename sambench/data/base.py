@@ -18,6 +18,7 @@ PERSONALIZE = "personalize"
 OPEN_VOCAB_INSTANCE = "open_vocab_instance"
 SEMANTIC_FEW_SHOT = "semantic_few_shot"
 REFERRING = "referring"
+IMAGE_DISTILLATION = "image_distillation"  # images only: a student learns a teacher's embeddings
 
 
 class SambenchDataset(Dataset):

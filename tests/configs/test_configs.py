@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, SHARED_DATA
+import numpy as np
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from PIL import Image
 
 import sambench.cli.launch  # noqa: F401  (registers the run-folder stamp resolver)
 from sambench import CONFIG_DIR
@@ -41,6 +43,12 @@ REFER = {"refcoco": ("refcoco", "unc"), "refcocop": ("refcoco+", "unc"), "refcoc
 def data_overrides(dataset: str, tmp_path: Path) -> list[str]:
     """Point datasets that need files at the shared samples (skip when they are absent) or at
     generated copies in the real layout."""
+    if dataset == "image_folder":
+        folder = tmp_path / "images"
+        folder.mkdir()
+        for i in range(3):
+            Image.fromarray(np.full((32, 48, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+        return [f"dataset.root={folder}", "dataset.eval_images=1"]
     if dataset in SEMANTIC:
         return [f"dataset.root={SEMANTIC[dataset](tmp_path / dataset)}", "dataset.shots=1"]
     if dataset in REFER:
@@ -62,6 +70,8 @@ def method_overrides(method: str) -> list[str]:
     methods decode 100 grid prompts per image (4 here)."""
     if method == "persam_f":
         return ["method.iterations=5"]
+    if method == "sam2clip":
+        return ["method.depth=1", "method.num_heads=2"]
     return ["method.grid=2"] if method in PROMPT_LEARNING else []
 
 
