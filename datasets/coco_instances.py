@@ -11,17 +11,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from sambench.data.base import PROMPTED_INSTANCE, SambenchDataset, inside_root, read_image, resolve_root
 from sambench.data.coco_format import (
-    annotation_mask,
     bbox_problem,
     contiguous_categories,
+    instance_tensors,
     load_coco_json,
     segmentation_problem,
-    xywh_to_xyxy,
 )
 from sambench.errors import ConfigError, DatasetError
 from sambench.registry import DATASETS
@@ -166,15 +162,10 @@ class CocoInstancesDataset(SambenchDataset):
         path = inside_root(self.image_folder, image_info["file_name"])
         image = read_image(path)
         size = (int(image.shape[0]), int(image.shape[1]))
-        masks = np.stack([annotation_mask(ann, image_info, path, size, self.ann_path) for ann in anns])
-        boxes = xywh_to_xyxy(np.array([ann["bbox"] for ann in anns], dtype=np.float32))
-        class_ids = np.array([self.category_index[ann["category_id"]] for ann in anns], dtype=np.int64)
         return Sample(
             index=index,
             image=image,
-            masks=torch.from_numpy(masks),
-            boxes=torch.from_numpy(boxes),
-            class_ids=torch.from_numpy(class_ids),
+            **instance_tensors(anns, image_info, path, size, self.ann_path, self.category_index),
             class_names=self.class_names,
             meta={
                 "image_id": image_info["id"],

@@ -17,17 +17,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from sambench.data.base import REFERRING, SambenchDataset, inside_root, read_image, resolve_root
 from sambench.data.coco_format import (
-    annotation_mask,
     bbox_problem,
     contiguous_categories,
+    instance_tensors,
     load_coco_json,
     segmentation_problem,
-    xywh_to_xyxy,
 )
 from sambench.data.refer_json import REFER_SPLITS, load_refs, refs_file, select_refs
 from sambench.errors import ConfigError, DatasetError
@@ -219,13 +215,10 @@ class RefCocoDataset(SambenchDataset):
         if sentence_index is not None:
             meta["sent_id"] = sentences[0]["sent_id"]
             meta["prediction_path"] = str(sentences[0]["sent_id"])
-        boxes = xywh_to_xyxy(np.array([ann["bbox"]], dtype=np.float32))
         return Sample(
             index=index,
             image=image,
-            masks=torch.from_numpy(annotation_mask(ann, image_info, path, size, self.ann_path)[None]),
-            boxes=torch.from_numpy(boxes),
-            class_ids=torch.tensor([self.category_index[ann["category_id"]]], dtype=torch.int64),
+            **instance_tensors([ann], image_info, path, size, self.ann_path, self.category_index),
             class_names=self.class_names,
             texts=[s[self.text_field] for s in sentences],
             meta=meta,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from pycocotools import mask as mask_utils
 
 from sambench.errors import DatasetError
@@ -140,3 +141,15 @@ def annotation_mask(ann: dict[str, Any], image_info: dict[str, Any], image_path:
             f"but image {image_path} is {size[0]}x{size[1]}"
         )
     return mask
+
+
+def instance_tensors(
+    anns: list[dict[str, Any]], image_info: dict[str, Any], image_path: Path, size: tuple[int, int],
+    ann_path: Path, category_index: dict[int, int],
+) -> dict[str, torch.Tensor]:
+    """A COCO image's annotations as Sample fields: ``masks`` N×H×W bool, ``boxes`` N×4 float32
+    xyxy (from ``bbox``), ``class_ids`` N int64 (contiguous, via ``category_index``)."""
+    masks = np.stack([annotation_mask(ann, image_info, image_path, size, ann_path) for ann in anns])
+    boxes = xywh_to_xyxy(np.array([ann["bbox"] for ann in anns], dtype=np.float32))
+    class_ids = np.array([category_index[ann["category_id"]] for ann in anns], dtype=np.int64)
+    return {"masks": torch.from_numpy(masks), "boxes": torch.from_numpy(boxes), "class_ids": torch.from_numpy(class_ids)}

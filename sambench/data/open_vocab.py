@@ -15,11 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
-import torch
-
 from sambench.data.base import OPEN_VOCAB_INSTANCE, SambenchDataset, read_image
-from sambench.data.coco_format import annotation_mask, bbox_problem, segmentation_problem, xywh_to_xyxy
+from sambench.data.coco_format import bbox_problem, instance_tensors, segmentation_problem
 from sambench.errors import ConfigError, DatasetError
 from sambench.structures import Sample
 
@@ -145,15 +142,10 @@ class OpenVocabInstanceDataset(SambenchDataset):
         path, relative = self.image_path(image_info)
         image = read_image(path)
         size = (int(image.shape[0]), int(image.shape[1]))
-        masks = np.stack([annotation_mask(ann, image_info, path, size, self.ann_path) for ann in anns])
-        boxes = xywh_to_xyxy(np.array([ann["bbox"] for ann in anns], dtype=np.float32))
-        class_ids = np.array([self.category_index[ann["category_id"]] for ann in anns], dtype=np.int64)
         return Sample(
             index=index,
             image=image,
-            masks=torch.from_numpy(masks),
-            boxes=torch.from_numpy(boxes),
-            class_ids=torch.from_numpy(class_ids),
+            **instance_tensors(anns, image_info, path, size, self.ann_path, self.category_index),
             class_names=self.class_names,
             meta={
                 "image_id": image_info["id"],
