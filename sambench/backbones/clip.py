@@ -12,6 +12,7 @@ D×g×g L2-normalised features (the "feature crop" classifier pools them under a
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,7 @@ class ClipBackbone(nn.Module):
         if self.is_vit and dense_size % patch:
             raise ConfigError(f"method.clip.dense_size={dense_size} must be a multiple of the patch size {patch}")
         self.clip.requires_grad_(False).eval()
-        self.name, self.dense_size, self.patch = model, dense_size, patch
+        self.name, self.dense_size, self.patch, self.checkpoint = model, dense_size, patch, checkpoint
         self.tokenizer = SimpleTokenizer(context_length=self.clip.context_length)
         self.cache = None
         if cache_dir:  # keyed by the weights' content, as SAM's embeddings
@@ -111,6 +112,13 @@ class ClipBackbone(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.clip.logit_scale.device
+
+    @functools.cached_property
+    def weights_id(self) -> str:
+        """Fingerprint of the weights (the file's sha256, or the random model's parameters)."""
+        if self.checkpoint:
+            return file_sha256(str(Path(self.checkpoint).expanduser()))[:16]
+        return module_sha256(self.clip)[:16]
 
     @property
     def embed_dim(self) -> int:

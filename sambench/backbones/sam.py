@@ -20,6 +20,17 @@ from sambench.backbones.sam_extensions import BlockFn, TransformerFn, run_image_
 from sambench.cache import EmbeddingCache
 
 
+class DroppedImageEncoder(nn.Module):
+    """Stands in for a freed image encoder: keeps ``img_size`` (pre-processing), refuses to run."""
+
+    def __init__(self, img_size: int, reason: str):
+        super().__init__()
+        self.img_size, self.reason = img_size, reason
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError(f"SAM's image encoder was dropped: {self.reason}")
+
+
 class SamBackbone(nn.Module):
     """SAM (image encoder, prompt encoder, mask decoder) with sambench's entry points.
 
@@ -62,6 +73,13 @@ class SamBackbone(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.sam.pixel_mean.device
+
+    def drop_image_encoder(self, reason: str) -> None:
+        """Free the ViT image encoder of a method that never runs it (Open-Vocabulary SAM's
+        CLIP2SAM stage and inference: ViT-H is 637 M parameters); pre-processing still works,
+        running the encoder raises with ``reason``."""
+        self.sam.image_encoder = DroppedImageEncoder(self.sam.image_encoder.img_size, reason)
+        self.cache = None
 
     # ----- images -----------------------------------------------------------------------------
     def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:

@@ -152,5 +152,6 @@ class OpenVocabInstanceDataset(SambenchDataset):
                 "file_name": relative,
                 "ann_ids": [ann.get("id") for ann in anns],
                 "prediction_path": str(Path(relative).with_suffix("")),
+                "novel": self.novel,  # one bool per class id (the open-vocabulary ensemble needs it)
             },
         )

@@ -1,0 +1,38 @@
+"""Per-vocabulary class text embeddings for the open-vocabulary classifiers.
+
+Training and evaluation splits have different vocabularies (COCO-OV: 48 base classes in training,
+65 at evaluation; LVIS: no rare classes in training), and every :class:`Sample` names its own
+(``sample.class_names``). :class:`TextEmbeddingBank` turns a vocabulary into its ``C×P×D``
+embeddings once (on disk through :func:`cached_text_embeddings` when a cache folder is set, in
+memory always), so a run never needs a separately prepared embedding file.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sambench.ovsam.text_embeddings import build_text_embeddings, cached_text_embeddings
+
+
+class TextEmbeddingBank:
+    """Args:
+        clip: a :class:`~sambench.backbones.clip.ClipBackbone` (its text tower).
+        cache_dir: folder for the on-disk cache; None = compute in memory only.
+    """
+
+    def __init__(self, clip, cache_dir: str | None = None):
+        self.clip, self.cache_dir = clip, cache_dir
+        self._memory: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def __call__(self, class_names: list[str]) -> torch.Tensor:
+        """C×P×D float32 embeddings on the CLIP's device (L2-normalised per synonym)."""
+        key = tuple(class_names)
+        if not key:
+            raise ValueError("open-vocabulary classification needs the dataset's class names (sample.class_names)")
+        if key not in self._memory:
+            if self.cache_dir:
+                self._memory[key] = cached_text_embeddings(self.clip, list(key), self.cache_dir, self.clip.name,
+                                                           self.clip.weights_id)
+            else:
+                self._memory[key] = build_text_embeddings(self.clip, list(key)).cpu()
+        return self._memory[key].to(self.clip.device)
