@@ -1,4 +1,4 @@
-"""Open-Vocabulary SAM (Yuan et al. 2024), stage 1: SAM2CLIP (``methods/ovsam.md``).
+"""Open-Vocabulary SAM (Yuan et al. 2024): SAM2CLIP, CLIP2SAM and inference (``methods/ovsam.md``).
 
 ``sam2clip``: a frozen CLIP ResNet (RN50x16 by default) sees the image exactly as SAM does
 (longest side 1024, SAM's ImageNet mean/std, zero padding to 1024²); its four stage maps go through
@@ -9,15 +9,33 @@ computed once and reused every epoch (the teacher's encoder runs only on a cache
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+from torchvision.ops import roi_align
 
 from sambench.backbones.clip import ClipBackbone
-from sambench.data.base import IMAGE_DISTILLATION
+from sambench.backbones.sam_extensions import run_single_mask_decoder
+from sambench.data.base import IMAGE_DISTILLATION, OPEN_VOCAB_INSTANCE
+from sambench.engine.loop import load_trainable
+from sambench.errors import CheckpointError, ConfigError
 from sambench.method import SambenchMethod
 from sambench.ovsam.adapter import Sam2ClipAdapter
+from sambench.ovsam.augment import large_scale_jitter
+from sambench.ovsam.classifier import cosine_logits, geometric_ensemble
+from sambench.ovsam.fpn import FPN
+from sambench.ovsam.label_token import LABEL_MODES, LabelToken
+from sambench.ovsam.losses import classification_loss, point_mask_losses
+from sambench.ovsam.prompting import EVAL_PROMPTS, DetectionBoxes, gt_prompts, random_foreground_points, training_prompt_indices
+from sambench.ovsam.roi import RegionEmbedding, multi_level_roi_align
+from sambench.ovsam.stage_weights import load_exactly, stage_tensors
+from sambench.ovsam.vocabulary import TextEmbeddingBank
+from sambench.prompts import mask_boxes
 from sambench.registry import METHODS
-from sambench.structures import Batch, Prediction
+from sambench.structures import Batch, Prediction, Sample
+
+CLIP_BOX_FRAMES = ("input", "original")
 
 
 def resnet_stage_channels(clip: ClipBackbone) -> tuple[int, ...]:
@@ -67,3 +85,242 @@ class Sam2Clip(SambenchMethod):
             cosine = F.cosine_similarity(s, t, dim=0).mean()
             predictions.append(Prediction(index=sample.index, meta={"mse": float(F.mse_loss(s, t)), "cosine": float(cosine)}))
         return predictions
+
+
+@METHODS.register_module(name="clip2sam")
+class Clip2Sam(SambenchMethod):
+    """Open-Vocabulary SAM stage 2 (CLIP2SAM) and its inference (``../shared/specs/ovsam.md`` §3–§4).
+
+    Image embedding = frozen CLIP ResNet -> frozen SAM2CLIP adapter (SAM's ViT is never run and
+    is freed); SAM's prompt encoder (frozen) and mask decoder (trainable, single mask token, the
+    label token in the IoU token's place); RoI branch = FPN on the CLIP stage maps -> RoIAlign
+    12² -> Conv1×1 + ReLU + mean -> cosine classifier against the class text embeddings (max over
+    synonyms, × ``logit_scale``, zero background prototype). Inference adds the frozen-CLIP
+    branch (layer4 RoIAlign -> ``attnpool``) and the α/β geometric ensemble.
+
+    Args (see ``conf/method/clip2sam.yaml`` for every knob):
+        sam: SAM (prompt encoder, mask decoder, its ViT's pos_embed for the adapter).
+        clip: :class:`ClipBackbone` kwargs (a ResNet: RN50x16 officially).
+        adapter: :class:`Sam2ClipAdapter` sizes (num_heads, depth, window).
+        sam2clip_checkpoint / clip2sam_checkpoint: sambench runs (file or folder) of each stage.
+        allow_untrained: run without those files (random adapter / head: tests only).
+        label_token: ``zero`` | ``add`` | ``only`` (:mod:`sambench.ovsam.label_token`).
+        prompt: evaluation prompts ``box`` | ``point`` | ``detections`` (+ ``detections`` json).
+        ensemble / alpha / beta: the frozen-CLIP geometric ensemble (base α, novel β).
+        clip_box_frame: ``input`` (boxes scaled into the 1024 frame) | ``original`` (the
+            official code's un-scaled boxes for the CLIP branch, kept for parity).
+    """
+
+    TASK = OPEN_VOCAB_INSTANCE
+
+    def __init__(
+        self, *, sam, clip: dict | None = None, adapter: dict | None = None, sam2clip_checkpoint: str | None = None,
+        clip2sam_checkpoint: str | None = None, allow_untrained: bool = False, label_token: str = "zero",
+        prompt: str = "box", detections: str | None = None, score_threshold: float = 0.0, max_detections: int = 100,
+        ensemble: bool = True, alpha: float = 0.1, beta: float = 0.9, clip_box_frame: str = "input",
+        num_prompts: int = 40, num_points: int = 12544, oversample_ratio: float = 3.0, importance_ratio: float = 0.75,
+        cls_weight: float = 2.0, bce_weight: float = 5.0, dice_weight: float = 5.0, background_weight: float = 0.1,
+        logit_scale: float = 100.0, flip: float = 0.5, scale_range: tuple[float, float] = (0.9, 2.0),
+        min_mask_area: int = 32, cache_dir: str | None = None,
+    ):
+        super().__init__()
+        if prompt not in EVAL_PROMPTS:
+            raise ConfigError(f"unknown method.prompt '{prompt}'; valid: {', '.join(EVAL_PROMPTS)}")
+        if prompt == "detections" and not detections:
+            raise ConfigError("method.prompt=detections needs method.detections=<COCO results json of a detector>")
+        if clip_box_frame not in CLIP_BOX_FRAMES:
+            raise ConfigError(f"unknown method.clip_box_frame '{clip_box_frame}'; valid: {', '.join(CLIP_BOX_FRAMES)}")
+        if label_token not in LABEL_MODES:
+            raise ConfigError(f"unknown method.label_token '{label_token}'; valid: {', '.join(LABEL_MODES)}")
+        if num_prompts < 1:
+            raise ConfigError(f"method.num_prompts must be >= 1, got {num_prompts}")
+        self.sam, self.prompt, self.ensemble, self.alpha, self.beta = sam, prompt, ensemble, alpha, beta
+        self.clip_box_frame, self.num_prompts, self.logit_scale = clip_box_frame, num_prompts, logit_scale
+        self.point_loss = dict(num_points=num_points, oversample=oversample_ratio, importance=importance_ratio)
+        self.weights = dict(cls=cls_weight, bce=bce_weight, dice=dice_weight, background=background_weight)
+        self.jitter = dict(scale_range=tuple(scale_range), flip=flip, min_mask_area=min_mask_area)
+        self.clip = ClipBackbone(**(clip or {"model": "RN50x16"}))
+        channels, embed_dim = resnet_stage_channels(self.clip), self.clip.embed_dim
+        encoder = sam.sam.image_encoder
+        self.adapter = Sam2ClipAdapter(in_channels=channels, dim=encoder.pos_embed.shape[-1],
+                                       grid=encoder.pos_embed.shape[1], **(adapter or {}))
+        self.adapter.copy_pos_embed(encoder)
+        sam.drop_image_encoder("Open-Vocabulary SAM's image embedding comes from CLIP + the SAM2CLIP adapter")
+        self.label = LabelToken(dim=sam.sam.mask_decoder.transformer_dim, embed_dim=embed_dim, mode=label_token)
+        self.fpn = FPN(list(channels), 256, 4)
+        self.region = RegionEmbedding(256, embed_dim)
+        self.texts = TextEmbeddingBank(self.clip, cache_dir)
+        self.detections = DetectionBoxes(detections, score_threshold, max_detections) if prompt == "detections" else None
+        self._freeze()
+        self._load_stages(sam2clip_checkpoint, clip2sam_checkpoint, allow_untrained)
+
+    def _freeze(self) -> None:
+        """Trainable: SAM's decoder (without the IoU head and the unused multimask MLPs), the label
+        token, FPN and region embedding. Frozen: CLIP, adapter, prompt encoder."""
+        self.sam.requires_grad_(False)
+        self.adapter.requires_grad_(False)
+        decoder = self.sam.sam.mask_decoder
+        decoder.requires_grad_(True)
+        for frozen in (decoder.iou_token, decoder.iou_prediction_head, *decoder.output_hypernetworks_mlps[1:]):
+            frozen.requires_grad_(False)
+
+    def _load_stages(self, sam2clip_checkpoint, clip2sam_checkpoint, allow_untrained: bool) -> None:
+        if sam2clip_checkpoint:
+            load_exactly(self.adapter, stage_tensors(sam2clip_checkpoint, "adapter.", "method.sam2clip_checkpoint"),
+                         "method.sam2clip_checkpoint", sam2clip_checkpoint, allowed_missing=("pos_embed",))
+        elif not allow_untrained:
+            raise CheckpointError(
+                "method.sam2clip_checkpoint is not set: train stage 1 first (tools/train.py method=sam2clip ...) and "
+                "pass its run folder; method.allow_untrained=true runs with a random adapter (tests only)")
+        if clip2sam_checkpoint:
+            tensors = stage_tensors(clip2sam_checkpoint, "", "method.clip2sam_checkpoint")
+            tensors = {k: v for k, v in tensors.items() if not k.startswith("adapter.")}
+            load_trainable(self.trainable_parameters(), tensors, Path(clip2sam_checkpoint))
+
+    # ----- tensor-level pieces (also used by tools/count_flops.py) ------------------------------
+    def image_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """pixels B×3×1024×1024 (SAM-normalised, padded) -> (embedding B×256×64×64, CLIP stage
+        maps [B×C_i×1024/s_i²] for s = 4, 8, 16, 32, FPN maps [B×256×…])."""
+        with torch.no_grad():
+            stages = self.clip.stage_features(pixels)
+            embedding = self.adapter(stages)
+        return embedding, stages, self.fpn(stages)
+
+    def decode(self, embedding: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image: embedding 1×256×64×64, N prompts -> (low-res logits N×1×256×256, label-token output N×256)."""
+        decoder = self.sam.sam.mask_decoder
+        return run_single_mask_decoder(decoder, self.label.token.weight, embedding, self.sam.sam.prompt_encoder.get_dense_pe(),
+                                       sparse, dense)
+
+    def class_logits(self, fpn: list[torch.Tensor], rois: torch.Tensor, token_out: torch.Tensor,
+                     text: torch.Tensor) -> torch.Tensor:
+        """RoI branch: rois K×5 (batch index, xyxy in the 1024 frame), token_out K×256, text
+        C×P×D -> K×(C+1) logits (background last, always 0)."""
+        region = None if self.label.mode == "only" else self.region(multi_level_roi_align(fpn, rois))
+        return cosine_logits(self.label.class_embedding(token_out, region), text, self.logit_scale)
+
+    def clip_logits(self, layer4: torch.Tensor, rois: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Frozen-CLIP branch: layer4 B×C×32×32, rois K×5 -> K×(C+1) (RoIAlign on the attnpool
+        grid at scale 1/32, then ``attnpool``)."""
+        grid = int(round((self.clip.clip.visual.attnpool.positional_embedding.shape[0] - 1) ** 0.5))
+        regions = roi_align(layer4, rois.to(layer4.dtype), grid, spatial_scale=1 / 32, sampling_ratio=0, aligned=True)
+        return cosine_logits(self.clip.pool_regions(regions), text, self.logit_scale)
+
+    def prompt_embeddings(self, boxes: torch.Tensor | None = None, points: torch.Tensor | None = None):
+        """Frame-coordinate prompts (boxes N×4, or points N×2 foreground) -> sparse N×2×256, dense N×256×64×64."""
+        encoder = self.sam.sam.prompt_encoder
+        if boxes is not None:
+            return encoder(points=None, boxes=boxes, masks=None)
+        labels = torch.ones(points.shape[0], 1, dtype=torch.long, device=points.device)
+        return encoder(points=(points[:, None], labels), boxes=None, masks=None)
+
+    # ----- training -----------------------------------------------------------------------------
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """CE (×2, background 0.1) on the RoI-branch logits of the GT boxes, BCE (×5) and Dice
+        (×5) on 12,544 importance-sampled points of the 256² logits; ``num_prompts`` prompts per
+        image (half boxes, half single points, each instance repeated to fill them)."""
+        device, size = self.sam.device, self.sam.image_size
+        text = self.texts(batch[0].class_names)
+        logits, labels, masks, targets = [], [], [], []
+        for sample in batch:
+            image, gt, keep = large_scale_jitter(sample.image, sample.masks, size=size, device=device, **self.jitter)
+            if not len(keep):
+                continue
+            embedding, _, fpn = self.image_features(self.sam.sam.preprocess(image[None]))
+            index = training_prompt_indices(len(keep), self.num_prompts).to(device)
+            boxes = mask_boxes(gt)[index]
+            half = (len(index) + 1) // 2
+            points = random_foreground_points(gt[index[half:]].cpu()).to(device)
+            sparse_b, dense_b = self.prompt_embeddings(boxes=boxes[:half])
+            sparse_p, dense_p = self.prompt_embeddings(points=points)
+            low_res, token_out = self.decode(embedding, torch.cat([sparse_b, sparse_p]), torch.cat([dense_b, dense_p]))
+            rois = torch.cat([boxes.new_zeros(len(boxes), 1), boxes], dim=1)
+            logits.append(self.class_logits(fpn, rois, token_out, text))
+            labels.append(sample.class_ids.to(device)[keep.to(device)][index])
+            masks.append(low_res)
+            targets.append(F.pad(gt, (0, size - gt.shape[-1], 0, size - gt.shape[-2]))[index])
+        if not logits:  # every instance was cropped away: a zero loss that still reaches every parameter
+            zero = sum(p.sum() for p in self.trainable_parameters().values()) * 0.0
+            return {"loss_cls": zero, "loss_mask_bce": zero, "loss_mask_dice": zero}
+        cls = classification_loss(torch.cat(logits), torch.cat(labels), 1.0, self.weights["background"])
+        bce, dice = point_mask_losses(torch.cat(masks), torch.cat(targets), **self.point_loss)
+        return {"loss_cls": self.weights["cls"] * cls, "loss_mask_bce": self.weights["bce"] * bce,
+                "loss_mask_dice": self.weights["dice"] * dice}
+
+    # ----- inference ----------------------------------------------------------------------------
+    def _eval_prompts(self, sample: Sample) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Original-pixel prompts of one sample and, for detections, their scores."""
+        if self.detections is not None:
+            boxes, scores = self.detections(sample.meta.get("image_id", sample.index))
+            return {"boxes": boxes}, scores
+        return gt_prompts(sample, self.prompt), None
+
+    def _mask_boxes(self, low_res: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+        """Box (1024 frame) of each predicted mask (sigmoid > 0.5 on the 256² logits, ×4);
+        ``fallback`` K×4 where a mask is empty."""
+        boxes = mask_boxes(low_res[:, 0] > 0) * (self.sam.image_size / low_res.shape[-1])
+        empty = (low_res[:, 0] > 0).flatten(1).sum(1) == 0
+        return torch.where(empty[:, None], fallback.to(boxes.dtype), boxes)
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> list[Prediction]:
+        predictions = []
+        for sample in batch:
+            text = self.texts(sample.class_names)
+            prompts, det_scores = self._eval_prompts(sample)
+            n = next(iter(prompts.values())).shape[0]
+            if n == 0:
+                predictions.append(self._empty_prediction(sample, det_scores is not None))
+                continue
+            embedding, stages, fpn = self.image_features(self.sam.preprocess(sample.image))
+            sparse, dense = self.sam.encode_prompts(sample.size, **prompts)
+            low_res, token_out = self.decode(embedding, sparse, dense)
+            frame = self._frame_fallback(sample, prompts)
+            rois = torch.cat([frame.new_zeros(n, 1), self._mask_boxes(low_res, frame)], dim=1)
+            q = self.class_logits(fpn, rois, token_out, text)
+            labels, scores = self._labels(q, stages[3], rois, text, sample)
+            masks = self.sam.postprocess(low_res, sample.size)[:, 0] > self.sam.sam.mask_threshold
+            predictions.append(self._prediction(sample, masks.cpu(), labels.cpu(), scores.float().cpu(), det_scores))
+        return predictions
+
+    def _frame_fallback(self, sample: Sample, prompts: dict) -> torch.Tensor:
+        """K×4 fallback RoIs in the 1024 frame: the prompt box, or the whole image for points."""
+        if "boxes" in prompts:
+            return self.sam.transform.apply_boxes_torch(prompts["boxes"].to(self.sam.device, torch.float), sample.size)
+        h, w = self.sam.input_size(sample.size)
+        return torch.tensor([[0.0, 0.0, w, h]], device=self.sam.device).expand(prompts["points"].shape[0], 4)
+
+    def _labels(self, q: torch.Tensor, layer4: torch.Tensor, rois: torch.Tensor, text: torch.Tensor, sample: Sample):
+        """(labels K, scores K): argmax over the classes (never background) of the ensemble (or of q)."""
+        if not self.ensemble:
+            probs = q.float().softmax(-1)[:, :-1]
+        else:
+            clip_rois = rois
+            if self.clip_box_frame == "original":  # official: boxes left in original pixels
+                scale = self.sam.input_size(sample.size)[0] / sample.size[0]
+                clip_rois = torch.cat([rois[:, :1], rois[:, 1:] / scale], dim=1)
+            novel = torch.as_tensor(sample.meta.get("novel") or [False] * (q.shape[1] - 1), dtype=torch.bool)
+            probs = geometric_ensemble(q, self.clip_logits(layer4, clip_rois, text), novel, self.alpha, self.beta)
+        scores, labels = probs.max(dim=-1)
+        return labels, scores
+
+    def _prediction(self, sample, masks, labels, scores, det_scores) -> Prediction:
+        if det_scores is None:
+            return Prediction(index=sample.index, masks=masks, class_ids=labels, scores=scores)
+        boxes = self.detections(sample.meta.get("image_id", sample.index))[0].tolist()
+        detections = [{"bbox": b, "score": float(d * s), "class_id": int(c), "mask": m}
+                      for b, d, s, c, m in zip(boxes, det_scores.tolist(), scores.tolist(), labels.tolist(), masks)]
+        return Prediction(index=sample.index, meta={"detections": detections})
+
+    def _empty_prediction(self, sample: Sample, detections: bool) -> Prediction:
+        if detections:
+            return Prediction(index=sample.index, meta={"detections": []})
+        return Prediction(index=sample.index, masks=torch.zeros(0, *sample.size, dtype=torch.bool),
+                          class_ids=torch.zeros(0, dtype=torch.long), scores=torch.zeros(0))
+
+
+@METHODS.register_module(name="ovsam")
+class OpenVocabSam(Clip2Sam):
+    """Open-Vocabulary SAM inference with both stages (the same model as ``clip2sam``; its
+    config asks for both stages' weights: ``method.sam2clip_checkpoint`` and
+    ``method.clip2sam_checkpoint``)."""

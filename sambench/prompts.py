@@ -8,13 +8,21 @@ from scipy.ndimage import distance_transform_edt
 
 
 def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Tight xyxy boxes N×4 (float32, x2/y2 exclusive) of boolean masks N×H×W."""
-    boxes = torch.zeros(masks.shape[0], 4)
-    for i, mask in enumerate(masks):
-        ys, xs = torch.nonzero(mask, as_tuple=True)
-        if len(ys):
-            boxes[i] = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=torch.float32)
-    return boxes
+    """Tight xyxy boxes N×4 (float32, x2/y2 exclusive, on the masks' device) of boolean masks
+    N×H×W; an empty mask gets (0, 0, 0, 0)."""
+    masks = masks.bool()
+    n, h, w = masks.shape
+    if n == 0:
+        return torch.zeros(0, 4, device=masks.device)
+    rows, cols = masks.any(dim=2), masks.any(dim=1)  # N×H, N×W
+    ys = torch.arange(h, device=masks.device)
+    xs = torch.arange(w, device=masks.device)
+    y1 = torch.where(rows, ys, h).amin(dim=1)
+    y2 = torch.where(rows, ys, -1).amax(dim=1) + 1
+    x1 = torch.where(cols, xs, w).amin(dim=1)
+    x2 = torch.where(cols, xs, -1).amax(dim=1) + 1
+    boxes = torch.stack([x1, y1, x2, y2], dim=1).float()
+    return torch.where(rows.any(dim=1)[:, None], boxes, torch.zeros_like(boxes))
 
 
 def interior_points(masks: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,9 @@ the ``attnpool`` head for region features. Dense features (ViT models): the imag
 zero-padded at the bottom/right to a square (the same top-left letterbox as SAM's input, so a
 SAM mask and a CLIP feature map cover the same frame), the position embedding is interpolated
 to the patch grid, and every patch token goes through ``ln_post`` and ``proj``:
-D×g×g L2-normalised features (the "feature crop" classifier pools them under a mask).
+D×g×g L2-normalised features (the "feature crop" classifier pools them under a mask). ResNet
+models have their own dense features (:meth:`ClipBackbone.resnet_dense_features`, same letterbox,
+g = S / 32): the ``attnpool`` value path applied per location of the layer4 map (MaskCLIP).
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ class ClipBackbone(nn.Module):
         self.cache = None
         if cache_dir:  # keyed by the weights' content, as SAM's embeddings
             weights = file_sha256(str(Path(checkpoint).expanduser()))[:16] if checkpoint else module_sha256(self.clip.visual)[:16]
-            self.cache = EmbeddingCache(cache_dir, f"clip-{model}-{weights}-{dense_size}")
+            kind = "" if self.is_vit else "-value"  # ResNet: the attnpool value path (resnet_dense_features)
+            self.cache = EmbeddingCache(cache_dir, f"clip-{model}-{weights}-{dense_size}{kind}")
 
     @staticmethod
     def _build(model: str) -> nn.Module:
@@ -171,10 +174,17 @@ class ClipBackbone(nn.Module):
         CLIP image embeddings (the ``attnpool`` head)."""
         return self.clip.visual.attnpool(regions)
 
+    def _require_vit(self, vit: bool) -> None:
+        """Dense features of the other tower kind are a config error (checked before the cache,
+        whose entries hold the one kind this model has)."""
+        if vit and not self.is_vit:
+            raise ConfigError(f"CLIP {self.name}: dense patch features need a ViT image tower (ViT-*)")
+        if not vit and self.is_vit:
+            raise ConfigError(f"CLIP {self.name}: attnpool value features need a ResNet image tower (RN50, RN50x16, ...)")
+
     def dense_from_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """B×3×S×S -> B×D×g×g L2-normalised patch features (g = S / patch)."""
-        if not self.is_vit:
-            raise ConfigError(f"CLIP {self.name}: dense patch features need a ViT image tower (ViT-*)")
+        self._require_vit(True)
         visual = self.clip.visual
         x = visual.conv1(pixels)
         b, c, g, _ = x.shape
@@ -193,16 +203,41 @@ class ClipBackbone(nn.Module):
             tokens = tokens @ visual.proj
         return F.normalize(tokens, dim=-1).transpose(1, 2).reshape(b, -1, g, g)
 
-    @torch.no_grad()
-    def dense_features(self, images: list[np.ndarray]) -> torch.Tensor:
-        """Frozen dense features B×D×g×g (float32), through the cache when enabled."""
+    def attnpool_values(self, layer4: torch.Tensor) -> torch.Tensor:
+        """ResNet CLIP: layer4 maps B×C×h×w (any h, w) -> B×D×h×w L2-normalised ``c_proj(v_proj(x))``
+        at every location x: the ``attnpool`` value path without positional embedding or
+        attention (MaskCLIP's dense features)."""
+        self._require_vit(False)
+        pool = self.clip.visual.attnpool
+        x = layer4.permute(0, 2, 3, 1)  # B×h×w×C
+        return F.normalize(pool.c_proj(pool.v_proj(x)), dim=-1).permute(0, 3, 1, 2)
+
+    def resnet_dense_from_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """ResNet CLIP: B×3×S×S -> B×D×g×g (g = S / 32) :meth:`attnpool_values` of the layer4 map."""
+        return self.attnpool_values(self.stage_features(pixels)[-1])
+
+    def _cached_dense(self, images: list[np.ndarray], from_pixels) -> torch.Tensor:
+        """One image at a time through ``from_pixels``, or from the cache."""
         out = []
         for image in images:
             key = EmbeddingCache.image_key(image) if self.cache else None
             features = self.cache.get(key) if self.cache else None
             if features is None:
-                features = self.dense_from_pixels(self.preprocess(image))[0].float()
+                features = from_pixels(self.preprocess(image))[0].float()
                 if self.cache:
                     self.cache.put(key, features)
             out.append(features.to(self.device))
         return torch.stack(out)
+
+    @torch.no_grad()
+    def dense_features(self, images: list[np.ndarray]) -> torch.Tensor:
+        """Frozen dense features B×D×g×g (float32), through the cache when enabled."""
+        self._require_vit(True)
+        return self._cached_dense(images, self.dense_from_pixels)
+
+    @torch.no_grad()
+    def resnet_dense_features(self, images: list[np.ndarray]) -> torch.Tensor:
+        """ResNet CLIP: frozen :meth:`resnet_dense_from_pixels` features B×D×g×g (float32) of the
+        letterboxed images, through the cache when enabled."""
+        self._require_vit(False)
+        return self._cached_dense(images, self.resnet_dense_from_pixels)

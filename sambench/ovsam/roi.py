@@ -26,7 +26,8 @@ def multi_level_roi_align(features: list[torch.Tensor], rois: torch.Tensor, stri
     """features: L maps B×C×H_l×W_l; rois K×5 -> K×C×output_size×output_size.
 
     Each RoI is pooled from the single level chosen by :func:`map_roi_levels`, with
-    ``spatial_scale = 1 / stride`` of that level.
+    ``spatial_scale = 1 / stride`` of that level. Levels no RoI maps to still join the autograd
+    graph (0 × one of their values), so DDP sees a gradient for every FPN parameter.
     """
     if len(features) != len(strides):
         raise ValueError(f"{len(features)} feature maps but {len(strides)} strides")
@@ -41,6 +42,8 @@ def multi_level_roi_align(features: list[torch.Tensor], rois: torch.Tensor, stri
         if idx.numel():
             out[idx] = roi_align(feat, rois[idx], output_size, spatial_scale=1.0 / stride,
                                  sampling_ratio=sampling_ratio, aligned=aligned)
+    if any(f.requires_grad for f in features):
+        out = out + sum(f.reshape(-1)[0] for f in features) * 0.0
     return out
 
 

@@ -17,6 +17,8 @@ from sambench import CONFIG_DIR
 from sambench.cli.build import build_backbone, build_dataset, build_evaluator, build_method, check_config
 from sambench.cli.launch import GROUPS, check_group_choices
 from sambench.data import semantic_synthetic
+from sambench.data.coco_synthetic import write_synthetic_coco
+from sambench.data.lvis_synthetic import write_synthetic_lvis
 from sambench.data.refcoco_synthetic import write_synthetic_refcoco
 from sambench.errors import ConfigError
 from sambench.method import SambenchMethod
@@ -55,6 +57,10 @@ def data_overrides(dataset: str, tmp_path: Path) -> list[str]:
         folder, split_by = REFER[dataset]
         write_synthetic_refcoco(tmp_path / "refer", num_images=8, dataset=folder, split_by=split_by)
         return [f"dataset.root={tmp_path / 'refer'}"]
+    if dataset in ("coco_ov", "coco"):
+        return [f"dataset.root={write_synthetic_coco(tmp_path / 'coco', num_images=3)}"]
+    if dataset == "lvis":
+        return [f"dataset.root={write_synthetic_lvis(tmp_path / 'lvis')}"]
     if dataset == "coco_instances":
         if not SHARED_DATA.is_dir():
             pytest.skip("needs ../shared/data beside the checkout")
