@@ -67,14 +67,20 @@ def text_cache_key(model_name: str, weights_id: str, class_names: list[str]) -> 
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def cached_text_embeddings(clip, class_names: list[str], cache_dir: str | os.PathLike, model_name: str,
-                           weights_id: str) -> torch.Tensor:
-    """C×P×D embeddings from ``cache_dir/text-<model>-<key[:16]>.pt``; built with
-    :func:`build_text_embeddings` and written atomically (a plain dict, read back with
-    ``weights_only=True``) when missing, unreadable or for another class list."""
+def text_cache_file(cache_dir: str | os.PathLike, model_name: str, weights_id: str, class_names: list[str]) -> Path:
+    """``cache_dir/text-<model>-<key[:16]>.pt`` of a (model, weights, class list)."""
     key = text_cache_key(model_name, weights_id, class_names)
     safe_model = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in model_name)
-    file = Path(cache_dir).expanduser() / f"text-{safe_model}-{key[:16]}.pt"
+    return Path(cache_dir).expanduser() / f"text-{safe_model}-{key[:16]}.pt"
+
+
+def cached_text_embeddings(clip, class_names: list[str], cache_dir: str | os.PathLike, model_name: str,
+                           weights_id: str) -> torch.Tensor:
+    """C×P×D embeddings from :func:`text_cache_file`; built with :func:`build_text_embeddings`
+    and written atomically (a plain dict, read back with ``weights_only=True``) when missing,
+    unreadable or for another class list."""
+    key = text_cache_key(model_name, weights_id, class_names)
+    file = text_cache_file(cache_dir, model_name, weights_id, class_names)
     try:
         entry = torch.load(file, map_location="cpu", weights_only=True)
     except Exception:  # missing or corrupt: regenerate

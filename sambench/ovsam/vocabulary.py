@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from sambench.ovsam.text_embeddings import build_text_embeddings, cached_text_embeddings
+from sambench.ovsam.text_embeddings import build_text_embeddings, cached_text_embeddings, text_cache_file
 
 
 class TextEmbeddingBank:
@@ -36,3 +36,9 @@ class TextEmbeddingBank:
             else:
                 self._memory[key] = build_text_embeddings(self.clip, list(key)).cpu()
         return self._memory[key].to(self.clip.device)
+
+    def cache_file(self, class_names: list[str]):
+        """Where the embeddings of ``class_names`` are cached (None without a cache folder)."""
+        if not self.cache_dir:
+            return None
+        return text_cache_file(self.cache_dir, self.clip.name, self.clip.weights_id, list(class_names))

@@ -1,13 +1,17 @@
-"""Open-Vocabulary SAM stage 1 (SAM2CLIP) from the command line, on a generated image folder."""
+"""Open-Vocabulary SAM from the command line: both stages, inference, the text-embedding tool."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import run_tool
+from conftest import SHARED_DATA, TINY_SAM, needs_shared, run_tool
 from PIL import Image
+
+from sambench.data.coco_synthetic import write_synthetic_coco
+from sambench.registry import DATASETS
 
 
 def test_sam2clip_trains_and_reports_the_distillation_error(tmp_path):
@@ -25,3 +29,74 @@ def test_sam2clip_trains_and_reports_the_distillation_error(tmp_path):
     assert metrics["num_images"] == 1 and metrics["mse"] > 0 and -1 <= metrics["cosine"] <= 1
     trainable = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["trainable"]
     assert trainable and all(name.startswith("adapter.") for name in trainable)
+
+
+OV_KEYS = ("IoU", "IoU_base", "IoU_novel", "Acc", "Acc_base", "Acc_novel")
+SMALL_ADAPTER = ("method.adapter.depth=1", "method.adapter.num_heads=2")
+
+
+@needs_shared
+def test_ovsam_eval_contract_on_the_coco_sample(tmp_path):
+    """The issue's contract: tools/eval.py method=ovsam dataset=coco_ov dataset.root=<coco> -> metrics.json."""
+    out = tmp_path / "out"
+    result = run_tool("tools/eval.py", "method=ovsam", "dataset=coco_ov", f"dataset.root={SHARED_DATA / 'coco_tiny'}",
+                      "dataset.max_images=2", *SMALL_ADAPTER, "trainer.device=cpu", f"hydra.run.dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert all(isinstance(metrics[key], float) and 0 <= metrics[key] <= 100 for key in OV_KEYS)
+    assert metrics["num_images"] == 2 and metrics["num_instances"] > 2
+
+
+def test_both_stages_train_and_ovsam_evaluates_with_their_weights(tmp_path):
+    """sam2clip run -> clip2sam run (adapter from stage 1) -> ovsam eval with both runs' weights."""
+    coco = write_synthetic_coco(tmp_path / "coco", num_images=3)
+    folder = coco / "train2017"
+    stage1, stage2, out = tmp_path / "s1", tmp_path / "s2", tmp_path / "eval"
+    result = run_tool("tools/train.py", "method=sam2clip", f"dataset.root={folder}", "dataset.eval_images=1",
+                      "method.depth=1", "method.num_heads=2", "trainer.max_steps=1", "trainer.device=cpu",
+                      f"hydra.run.dir={stage1}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_tool("tools/train.py", "method=clip2sam", f"dataset.root={coco}", *SMALL_ADAPTER,
+                      f"method.sam2clip_checkpoint={stage1}", "method.allow_untrained=false", "method.num_prompts=4",
+                      "method.num_points=256", "trainer.max_steps=2", "trainer.schedule.warmup_steps=0",
+                      "trainer.batch_size=1", "trainer.device=cpu", f"hydra.run.dir={stage2}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = json.loads((stage2 / "metrics.json").read_text())
+    assert all(key in trained for key in OV_KEYS) and trained["num_images"] == 3
+    saved = torch.load(stage2 / "checkpoints" / "last.pt", weights_only=True)["trainable"]
+    assert any(k.startswith("fpn.") for k in saved) and not any(k.startswith("adapter.") for k in saved)
+    result = run_tool("tools/eval.py", "method=ovsam", f"dataset.root={coco}", *SMALL_ADAPTER, "method.prompt=point",
+                      f"method.sam2clip_checkpoint={stage1}", f"method.clip2sam_checkpoint={stage2}",
+                      "method.allow_untrained=false", "trainer.device=cpu", f"hydra.run.dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "metrics.json").read_text())["num_instances"] == trained["num_instances"]
+
+
+def test_missing_stage_one_weights_is_one_clear_error(tmp_path):
+    coco = write_synthetic_coco(tmp_path / "coco", num_images=1)
+    result = run_tool("tools/eval.py", "method=ovsam", f"dataset.root={coco}", "method.allow_untrained=false",
+                      "trainer.device=cpu", f"hydra.run.dir={tmp_path / 'out'}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: method.sam2clip_checkpoint is not set")
+
+
+def test_prepare_text_embeddings_fills_the_cache_the_method_reads(tmp_path, monkeypatch):
+    coco = write_synthetic_coco(tmp_path / "coco", num_images=1)
+    cache = tmp_path / "cache"
+    result = run_tool("tools/prepare_text_embeddings.py", "method=ovsam", f"dataset.root={coco}", f"cache.dir={cache}",
+                      f"hydra.run.dir={tmp_path / 'out'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "text_embeddings.json").read_text())
+    assert summary["train"]["classes"] == 48 and summary["eval"]["classes"] == 65
+    assert all(Path(entry["file"]).is_file() for entry in summary.values())
+    from sambench.backbones.sam import SamBackbone
+    from sambench.ovsam import vocabulary
+    from sambench.registry import METHODS, load_plugins
+
+    load_plugins()
+    monkeypatch.setattr(vocabulary, "build_text_embeddings", None)  # must not be needed: read from the cache
+    monkeypatch.setattr("sambench.ovsam.text_embeddings.build_text_embeddings", None)
+    model = METHODS.get("ovsam")(sam=SamBackbone(**TINY_SAM), clip={"model": "tiny_rn", "allow_random_init": True},
+                                 adapter={"depth": 1, "num_heads": 2}, allow_untrained=True, cache_dir=str(cache))
+    names = DATASETS.get("coco_ov")(split="eval", root=str(coco)).class_names
+    assert model.texts(names).shape == tuple(summary["eval"]["shape"])

@@ -1,0 +1,26 @@
+"""Inference GFLOPs and parameters of Open-Vocabulary SAM and the SAM + CLIP baselines at 1024²
+(no GPU, no weights: models on the meta device): ``python tools/count_flops.py [--prompts N]``.
+
+Prints a Markdown table beside the paper's Table 1 (see ``sambench/cli/flops.py``).
+"""
+
+import argparse
+import json
+
+from sambench.cli.flops import measure, table
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sam", default="vit_h", help="SAM variant of the prompt encoder/decoder and the baselines")
+    parser.add_argument("--clip", default="RN50x16", help="open_clip ResNet model (OV-SAM's frozen CLIP)")
+    parser.add_argument("--image-size", type=int, default=1024, help="input side (SAM's frame)")
+    parser.add_argument("--prompts", type=int, default=10, help="box prompts per image (10 reproduces the paper's counts)")
+    parser.add_argument("--classes", type=int, default=65, help="vocabulary size (cosine classifier)")
+    parser.add_argument("--feature-crop-size", type=int, default=1024, help="input side of the feature-crop CLIP")
+    parser.add_argument("--json", help="also write the numbers to this file")
+    args = parser.parse_args()
+    results = measure(args.sam, args.clip, args.image_size, args.prompts, args.classes, args.feature_crop_size)
+    print(table(results))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
