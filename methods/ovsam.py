@@ -29,7 +29,8 @@ from sambench.ovsam.label_token import LABEL_MODES, LabelToken
 from sambench.ovsam.losses import classification_loss, point_mask_losses
 from sambench.ovsam.prompting import EVAL_PROMPTS, DetectionBoxes, gt_prompts, random_foreground_points, training_prompt_indices
 from sambench.ovsam.roi import RegionEmbedding, multi_level_roi_align
-from sambench.ovsam.stage_weights import load_exactly, stage_tensors
+from sambench.ovsam.stage_weights import load_exactly, read_stage_file, with_prefix
+from sambench.official.ovsam_checkpoint import load_official_clip2sam, load_official_sam2clip
 from sambench.ovsam.vocabulary import TextEmbeddingBank
 from sambench.prompts import mask_boxes
 from sambench.registry import METHODS
@@ -165,17 +166,27 @@ class Clip2Sam(SambenchMethod):
             frozen.requires_grad_(False)
 
     def _load_stages(self, sam2clip_checkpoint, clip2sam_checkpoint, allow_untrained: bool) -> None:
+        """Stage weights from sambench runs or the authors' released files (told apart by content)."""
         if sam2clip_checkpoint:
-            load_exactly(self.adapter, stage_tensors(sam2clip_checkpoint, "adapter.", "method.sam2clip_checkpoint"),
-                         "method.sam2clip_checkpoint", sam2clip_checkpoint, allowed_missing=("pos_embed",))
+            option = "method.sam2clip_checkpoint"
+            kind, tensors = read_stage_file(sam2clip_checkpoint, option)
+            if kind == "official":
+                load_official_sam2clip(self, tensors, sam2clip_checkpoint)
+            else:
+                load_exactly(self.adapter, with_prefix(tensors, "adapter.", option, sam2clip_checkpoint), option,
+                             sam2clip_checkpoint, allowed_missing=("pos_embed",))
         elif not allow_untrained:
             raise CheckpointError(
                 "method.sam2clip_checkpoint is not set: train stage 1 first (tools/train.py method=sam2clip ...) and "
-                "pass its run folder; method.allow_untrained=true runs with a random adapter (tests only)")
+                "pass its run folder, or the authors' sam2clip_vith_rn50x16.pth; method.allow_untrained=true runs "
+                "with a random adapter (tests only)")
         if clip2sam_checkpoint:
-            tensors = stage_tensors(clip2sam_checkpoint, "", "method.clip2sam_checkpoint")
-            tensors = {k: v for k, v in tensors.items() if not k.startswith("adapter.")}
-            load_trainable(self.trainable_parameters(), tensors, Path(clip2sam_checkpoint))
+            kind, tensors = read_stage_file(clip2sam_checkpoint, "method.clip2sam_checkpoint")
+            if kind == "official":
+                load_official_clip2sam(self, tensors, clip2sam_checkpoint)
+            else:
+                tensors = {k: v for k, v in tensors.items() if not k.startswith("adapter.")}
+                load_trainable(self.trainable_parameters(), tensors, Path(clip2sam_checkpoint))
 
     # ----- tensor-level pieces (also used by tools/count_flops.py) ------------------------------
     def image_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:

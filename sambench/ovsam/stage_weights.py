@@ -1,5 +1,6 @@
-"""Weights of one Open-Vocabulary SAM stage from a sambench run (``checkpoints/last.pt`` or the
-run folder): the trainable tensors, or their EMA when the run kept one."""
+"""Weights of one Open-Vocabulary SAM stage: a sambench run (``checkpoints/last.pt`` or the run
+folder; the trainable tensors, or their EMA when the run kept one) or an official released file
+(``sambench/official/ovsam_checkpoint.py``), told apart by their content."""
 
 from __future__ import annotations
 
@@ -7,22 +8,31 @@ from pathlib import Path
 
 import torch
 
-from sambench.engine.checkpoint import load_checkpoint, resolve_checkpoint
+from sambench.engine.checkpoint import resolve_checkpoint
 from sambench.errors import CheckpointError
+from sambench.weights_file import load_weights_file
 
 
-def stage_tensors(path: str, prefix: str, option: str) -> dict[str, torch.Tensor]:
-    """Tensors named ``prefix…`` of the checkpoint at ``path`` (a file or a run folder), with the
-    prefix removed; EMA weights when present. ``option`` names the config key in errors."""
+def read_stage_file(path: str, option: str) -> tuple[str, dict[str, torch.Tensor]]:
+    """(``"sambench"`` | ``"official"``, tensors by name) of a stage's weights; ``option`` names
+    the config key in errors."""
     file = resolve_checkpoint(path, Path("."))
-    if not file.is_file():
-        raise CheckpointError(f"{option}: file not found: {file} (a sambench checkpoint or run folder)")
-    state = load_checkpoint(file)
-    ema = state.get("ema")
-    weights = ema["shadow"] if ema else state["trainable"]
-    picked = {name[len(prefix):]: t for name, t in weights.items() if name.startswith(prefix)}
+    content = load_weights_file(file, f"{option}: a sambench run (folder or checkpoint) or the authors' released file")
+    if isinstance(content, dict) and "trainable" in content:
+        ema = content.get("ema")
+        return "sambench", dict(ema["shadow"] if ema else content["trainable"])
+    if isinstance(content, dict) and isinstance(content.get("state_dict"), dict):
+        content = content["state_dict"]
+    if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
+        raise CheckpointError(f"{option}: {file} is neither a sambench checkpoint nor a state dict of tensors")
+    return "official", {k.removeprefix("module."): v for k, v in content.items()}
+
+
+def with_prefix(tensors: dict[str, torch.Tensor], prefix: str, option: str, source: str) -> dict[str, torch.Tensor]:
+    """The tensors named ``prefix…`` with the prefix removed (at least one)."""
+    picked = {name[len(prefix):]: t for name, t in tensors.items() if name.startswith(prefix)}
     if not picked:
-        raise CheckpointError(f"{option}: {file} holds no '{prefix}*' tensors (is it a run of the right stage?)")
+        raise CheckpointError(f"{option}: {source} holds no '{prefix}*' tensors (is it a run of the right stage?)")
     return picked
 
 

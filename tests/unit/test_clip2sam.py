@@ -271,5 +271,5 @@ def test_stage_checkpoints_load_and_mismatches_are_named(tmp_path):
     save_atomic({"trainable": stage1, "step": 1}, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match=r"missing \['neck.0.weight'\], unexpected \['extra'\]"):
         build("ovsam", sam2clip_checkpoint=str(tmp_path / "bad.pt"))
-    with pytest.raises(CheckpointError, match="file not found"):
+    with pytest.raises(CheckpointError, match="checkpoint not found: .*nothing.pt"):
         build("ovsam", sam2clip_checkpoint=str(tmp_path / "nothing.pt"))
