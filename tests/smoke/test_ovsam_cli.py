@@ -70,6 +70,23 @@ def test_both_stages_train_and_ovsam_evaluates_with_their_weights(tmp_path):
                       "method.allow_untrained=false", "trainer.device=cpu", f"hydra.run.dir={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((out / "metrics.json").read_text())["num_instances"] == trained["num_instances"]
+    # export to the authors' layout; the files load back as official files and carry the run's weights
+    result = run_tool("tools/export_official.py", str(stage2), "--out", str(tmp_path / "official"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    exported = sorted(p.name for p in (tmp_path / "official").iterdir())
+    assert exported == ["clip2sam_coco_tiny_rn.pth", "sam2clip_tiny_tiny_rn.pth"]
+    head = torch.load(tmp_path / "official" / exported[0], weights_only=True)
+    assert torch.equal(head["fpn_neck.fpn_convs.0.conv.weight"], saved["fpn.fpn_convs.0.weight"])
+    assert torch.equal(head["mask_decoder.roi_conv.0.conv.weight"], saved["region.proj.weight"])
+    neck = torch.load(tmp_path / "official" / exported[1], weights_only=True)
+    stage1_weights = torch.load(stage1 / "checkpoints" / "last.pt", weights_only=True)["trainable"]
+    assert torch.equal(neck["neck_student.level_encoding.weight"], stage1_weights["adapter.level_embedding.weight"])
+    result = run_tool("tools/eval.py", "method=ovsam", f"dataset.root={coco}", *SMALL_ADAPTER, "method.prompt=point",
+                      f"method.sam2clip_checkpoint={tmp_path / 'official' / exported[1]}",
+                      f"method.clip2sam_checkpoint={tmp_path / 'official' / exported[0]}",
+                      "method.allow_untrained=false", "trainer.device=cpu", f"hydra.run.dir={tmp_path / 'eval2'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "eval2" / "metrics.json").read_text()) == json.loads((out / "metrics.json").read_text())
 
 
 def test_missing_stage_one_weights_is_one_clear_error(tmp_path):
