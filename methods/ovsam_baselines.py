@@ -79,7 +79,13 @@ class SamClipCropBaseline(SambenchMethod):
         self.text_bank = TextEmbeddingBank(self.clip, cache_dir)
         self.coop = CoOpContext(self.clip, None, num_context) if coop else None
         self.detections = DetectionBoxes(detections, score_threshold, max_detections) if prompt == "detections" else None
-        self._eval_text: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._eval_text: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}  # (vocabulary, device)
+
+    def train(self, mode: bool = True) -> "SamClipCropBaseline":
+        """Only the CoOp context trains: SAM stays in eval mode (CLIP always does)."""
+        super().train(mode)
+        self.sam.eval()
+        return self
 
     # ----- regions (subclasses) ---------------------------------------------------------------
     def region_embeddings(self, sample: Sample, masks: torch.Tensor, low_res: torch.Tensor) -> torch.Tensor:
@@ -106,10 +112,10 @@ class SamClipCropBaseline(SambenchMethod):
         """Evaluation: CoOp embeddings computed once per vocabulary while the context is unchanged."""
         if self.coop is None:
             return self.text_bank(class_names)
-        key = tuple(class_names)
         context = self.coop.context.detach()
+        key = (*class_names, str(context.device))
         cached = self._eval_text.get(key)
-        if cached is None or not torch.equal(cached[0].to(context.device), context):
+        if cached is None or not torch.equal(cached[0], context):
             cached = (context.clone(), self.class_embeddings(class_names).detach())
             self._eval_text[key] = cached
         return cached[1]

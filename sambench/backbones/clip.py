@@ -89,7 +89,7 @@ class ClipBackbone(nn.Module):
                                   text_cfg=CLIPTextCfg(**TINY_TEXT))
         if model not in open_clip.list_models():
             raise ConfigError(f"unknown CLIP model '{model}'; open_clip knows e.g. ViT-B-16, ViT-L-14 (open_clip.list_models())")
-        return open_clip.create_model(model, pretrained=None)
+        return open_clip.create_model(model, pretrained=None, device=torch.get_default_device())  # meta: FLOP counting
 
     def _load(self, checkpoint: str, model: str) -> None:
         path = Path(checkpoint).expanduser()
@@ -111,6 +111,13 @@ class ClipBackbone(nn.Module):
                 f"{checkpoint} does not fit CLIP {model}: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]} "
                 f"({len(missing)} / {len(unexpected)} keys); is it the open_clip state dict of this model?"
             )
+
+    def train(self, mode: bool = True) -> "ClipBackbone":
+        """CLIP is frozen: it stays in eval mode whatever the engine asks (a ResNet's BatchNorm
+        would otherwise normalise with batch statistics and move its running statistics)."""
+        super().train(mode)
+        self.clip.eval()
+        return self
 
     @property
     def device(self) -> torch.device:

@@ -108,6 +108,8 @@ def test_one_training_step_lowers_the_loss_and_moves_only_stage_two(coco):
     frozen = {"clip": state(model.clip), "adapter": state(model.adapter), "prompt": state(model.sam.sam.prompt_encoder)}
     params = model.trainable_parameters()
     optimizer = torch.optim.AdamW(list(params.values()), lr=1e-3)
+    model.train()  # as the engine does: the frozen CLIP ResNet must stay in eval mode (BatchNorm)
+    assert model.fpn.training and not model.clip.clip.visual.training
 
     def loss() -> torch.Tensor:
         torch.manual_seed(1)  # the same prompts and sampled points each time
