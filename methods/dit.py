@@ -30,6 +30,7 @@ from sambench.instruction.decoder_layers import ExtraDecoderLayers
 from sambench.instruction.injection import ATTENTION, TextInjection
 from sambench.instruction.preprocess import ReferringPreprocessor, unletterbox
 from sambench.method import SambenchMethod
+from sambench.official.dit_checkpoint import import_official_dit
 from sambench.registry import METHODS
 from sambench.structures import Batch, Prediction
 
@@ -51,6 +52,10 @@ class TextInstructedSam(SambenchMethod):
         extra_decoder_layers: 0, 2 or 4 new two-way decoder layers (baseline rows).
         image_size: canvas side (official 512); threshold: on sigmoid at that size (0.35).
         augment: :class:`ReferringPreprocessor` options for training.
+        official_checkpoint: a DIT file released by the authors (``{'state_dict': ...}``),
+            loaded once the model is built; it fills every tensor (SAM, BERT, projections), so
+            without ``text_encoder.path`` a random bert-base-sized BERT is built for it (only a
+            ``text_encoder.tokenizer`` is needed). See ``methods/dit.md`` "Official checkpoints".
     """
 
     TASK = REFERRING
@@ -60,6 +65,7 @@ class TextInstructedSam(SambenchMethod):
         self, *, sam, text_encoder: dict | None = None, injection: str | None = None, train_image_encoder: bool = True,
         attention: str = "global", mask_text_padding: bool = False, projection_dropout: float = 0.1,
         extra_decoder_layers: int = 0, image_size: int = 512, threshold: float = 0.35, augment: dict | None = None,
+        official_checkpoint: str | None = None,
     ):
         super().__init__()
         injection = injection or self.INJECTION
@@ -71,7 +77,11 @@ class TextInstructedSam(SambenchMethod):
             raise ConfigError(f"method.image_size={image_size}: must be a multiple of 16 and at most SAM's {sam.image_size}")
         self.sam, self.attention, self.mask_text_padding = sam, attention, mask_text_padding
         self.image_size, self.threshold = image_size, threshold
-        self.text = BertTextEncoder(**(text_encoder or {}))
+        text_encoder = dict(text_encoder or {})
+        if official_checkpoint is not None and text_encoder.get("path") is None:
+            # the file holds the whole fine-tuned BERT: build bert-base's architecture without weights
+            text_encoder.update(size=text_encoder.get("size") or "bert-base", allow_random_init=True)
+        self.text = BertTextEncoder(**text_encoder)
         encoder = sam.sam.image_encoder
         self.text_proj = nn.Linear(self.text.dim, sam.sam.prompt_encoder.embed_dim)
         self.injection = None
@@ -81,6 +91,8 @@ class TextInstructedSam(SambenchMethod):
         self.extra_layers = ExtraDecoderLayers(num_layers=extra_decoder_layers) if extra_decoder_layers else None
         self.preprocess = ReferringPreprocessor(size=image_size, **(augment or {}))
         self._set_trainable(train_image_encoder)
+        if official_checkpoint is not None:  # after the model is built: every tensor must be filled
+            import_official_dit(self, official_checkpoint)
 
     def _set_trainable(self, train_image_encoder: bool) -> None:
         """Only parameters on the forward path train (DDP needs every trainable one used)."""

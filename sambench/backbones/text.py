@@ -1,8 +1,10 @@
 """BERT text encoder for referring expressions (DIT-SAM and its text-prompt baselines).
 
 Loads a local Hugging Face BERT folder only (``config.json``, weights, ``vocab.txt`` or
-``tokenizer.json``); nothing is downloaded. Without a folder a tiny randomly initialised BERT
-with a small character-level WordPiece vocabulary is built (tests and the embedded default).
+``tokenizer.json``); nothing is downloaded. Without a folder a randomly initialised BERT is built:
+``size=tiny`` (tests and the embedded default, with a small character-level WordPiece vocabulary)
+or ``size=bert-base`` (bert-base-uncased's architecture without weights, for files that fill every
+tensor, e.g. the DIT authors' checkpoints; it needs a ``tokenizer``).
 Tokenisation uses the ``tokenizers`` library directly: ``[CLS] … [SEP]``, truncated and padded
 to ``max_tokens`` (special tokens included), lower-cased for uncased models.
 """
@@ -27,6 +29,12 @@ TINY_WORDS = (
     "man woman person guy girl boy shirt car dog cat red green blue yellow white black square circle "
     "triangle shape"
 ).split()
+#: bert-base-uncased's architecture (its config.json), built without weights by ``size=bert-base``.
+BERT_BASE = dict(
+    vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+    max_position_embeddings=512, type_vocab_size=2, hidden_act="gelu", layer_norm_eps=1e-12,
+)
+SIZES = ("tiny", "bert-base")
 DOWNLOAD_HINT = (
     "download bert-base-uncased (config.json, model.safetensors or pytorch_model.bin, vocab.txt) "
     "from the Hugging Face hub on a machine with internet and pass method.text_encoder.path=<folder>"
@@ -70,20 +78,28 @@ class BertTextEncoder(nn.Module):
             gradient); false freezes BERT entirely.
         max_tokens: sequence length incl. [CLS]/[SEP] (padding/truncation).
         lowercase: lower-case before WordPiece (uncased models).
+        size: architecture of the random BERT built without ``path``: ``tiny`` (default) or
+            ``bert-base`` (bert-base-uncased-sized; needs ``tokenizer``, e.g. its vocab.txt).
         tiny: BertConfig sizes of the tiny preset (only used without ``path``).
-        init_seed: seed of the tiny preset's random initialisation.
-        allow_random_init: permit ``path=None`` (the tiny random BERT); otherwise a clear error.
+        init_seed: seed of the random initialisation (without ``path``).
+        allow_random_init: permit ``path=None`` (a random BERT); otherwise a clear error.
     """
 
     def __init__(
         self, *, path: str | None = None, tokenizer: str | None = None, layer: int = 1, trainable: bool = True,
-        max_tokens: int = 20, lowercase: bool = True, tiny: dict | None = None, init_seed: int = 0,
-        allow_random_init: bool = False,
+        max_tokens: int = 20, lowercase: bool = True, size: str | None = None, tiny: dict | None = None,
+        init_seed: int = 0, allow_random_init: bool = False,
     ):
         super().__init__()
+        size = size or "tiny"
+        if size not in SIZES:
+            raise ConfigError(f"unknown method.text_encoder.size '{size}'; valid: {', '.join(SIZES)}")
         if path is None and not allow_random_init:
             raise CheckpointError(f"method.text_encoder.path is not set: {DOWNLOAD_HINT} (allow_random_init=true builds a tiny random BERT, for tests only)")
-        self.bert = self._load(path, tiny or {}, init_seed)
+        if path is None and size == "bert-base" and tokenizer is None:
+            raise ConfigError("method.text_encoder.size=bert-base without a path needs method.text_encoder.tokenizer="
+                              "<bert-base-uncased vocab.txt or folder> (the tiny vocabulary does not fit a bert-base model)")
+        self.bert = self._load(path, size, tiny or {}, init_seed)
         self.tokenizer = build_tokenizer(tokenizer or path, lowercase)
         depth = self.bert.config.num_hidden_layers
         if not 0 <= layer <= depth:
@@ -102,10 +118,13 @@ class BertTextEncoder(nn.Module):
                 block.requires_grad_(True)
 
     @staticmethod
-    def _load(path: str | None, tiny: dict, init_seed: int) -> BertModel:
+    def _load(path: str | None, size: str, tiny: dict, init_seed: int) -> BertModel:
         if path is None:
-            config = BertConfig(**{"vocab_size": len(tiny_vocabulary()), "hidden_size": 32, "num_hidden_layers": 2,
-                                   "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64, **tiny})
+            if size == "bert-base":
+                config = BertConfig(**BERT_BASE)
+            else:
+                config = BertConfig(**{"vocab_size": len(tiny_vocabulary()), "hidden_size": 32, "num_hidden_layers": 2,
+                                       "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64, **tiny})
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(init_seed)
                 return BertModel(config)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from sambench.engine.precision import autocast
+from sambench.files import write_npy_atomic
 from sambench.logging.console import progress
 from sambench.engine.dist import rank
 from sambench.structures import Prediction, Sample
@@ -51,7 +52,8 @@ def evaluate(
 
     With ``predictions_dir``/``overlays_dir``, each rank writes its samples' masks as PNG
     (instance ids: 0 background, i for mask i; one mask -> non-zero = foreground) and overlays,
-    at ``<dir>/<prediction path>.png``.
+    at ``<dir>/<prediction path>.png``; a prediction with ``meta["logits"]`` (a tensor) also
+    gets ``<predictions_dir>/<prediction path>.npy`` (float32, as the method returned it).
     """
     was_training = method.training
     method.eval()
@@ -86,12 +88,17 @@ def class_masks(semantic: torch.Tensor) -> np.ndarray:
 
 def write_prediction(sample: Sample, pred: Prediction, predictions_dir: Path | None, overlays_dir: Path | None) -> None:
     """Instance masks -> an id PNG (0 = background, i + 1 = mask i); a semantic prediction -> a
-    class-index PNG (the dataset's contiguous ids). Overlays go to ``overlays_dir``."""
+    class-index PNG (the dataset's contiguous ids), plus ``meta["logits"]`` as a float32 ``.npy``
+    beside it when present (e.g. DIT's 512×512 logits before the threshold). Overlays go to
+    ``overlays_dir``."""
     relative = prediction_path(sample).with_suffix(".png")
     masks = pred.masks.cpu().numpy() if pred.masks is not None else class_masks(pred.semantic)
     if predictions_dir is not None:
         ids = pred.semantic.cpu().numpy() if pred.semantic is not None else instance_id_map(masks)
         save_png_atomic(predictions_dir / relative, ids.astype("uint16" if ids.max() > 255 else "uint8"))
+        logits = pred.meta.get("logits")
+        if isinstance(logits, torch.Tensor):
+            write_npy_atomic(predictions_dir / relative.with_suffix(".npy"), logits.detach().float().cpu().numpy())
     if overlays_dir is not None:
         save_png_atomic(overlays_dir / relative, overlay_masks(sample.image, masks))
 

@@ -73,11 +73,13 @@ PROMPT_LEARNING = ("ssprompt", "spaprompt", "semprompt", "zero_shot_prompts", "c
 
 def method_overrides(method: str) -> list[str]:
     """Keep test-time work short: PerSAM-F fits 1000 steps by default, the prompt-learning
-    methods decode 100 grid prompts per image (4 here)."""
+    methods decode 100 grid prompts per image (4 here), OV-SAM's adapter has 5 blocks (1 here)."""
     if method == "persam_f":
         return ["method.iterations=5"]
     if method == "sam2clip":
         return ["method.depth=1", "method.num_heads=2"]
+    if method in ("clip2sam", "ovsam"):
+        return ["method.adapter.depth=1", "method.adapter.num_heads=2"]
     return ["method.grid=2"] if method in PROMPT_LEARNING else []
 
 
@@ -85,8 +87,9 @@ def random_text_encoder(cfg) -> list[str]:
     """Experiments name local BERT / CLIP weights: build random models instead (no files here)."""
     if "text_encoder" in cfg.method:
         return ["method.text_encoder.path=null", "method.text_encoder.allow_random_init=true"]
-    if "clip" in cfg.method:
-        return ["method.clip.checkpoint=null", "method.clip.allow_random_init=true"]
+    if "clip" in cfg.method:  # OV-SAM experiments also name stage weights: a random adapter instead
+        untrained = ["method.allow_untrained=true"] if "allow_untrained" in cfg.method else []
+        return ["method.clip.checkpoint=null", "method.clip.allow_random_init=true", *untrained]
     return []
 
 

@@ -6,11 +6,16 @@ from __future__ import annotations
 import json
 import pickle
 
+import numpy as np
 import pytest
 import torch
-from conftest import run_tool
+from conftest import TINY_SAM, run_tool
 
+from sambench.backbones.sam import SamBackbone
 from sambench.data.refcoco_synthetic import write_synthetic_refcoco
+from sambench.official.dit_checkpoint import export_official_dit
+from sambench.registry import DATASETS, METHODS, load_plugins
+from sambench.structures import Batch
 
 TINY = ["trainer.device=cpu", "trainer.batch_size=2", "trainer.eval_batch_size=4"]
 RIS_KEYS = {"oIoU", "mIoU", "P@0.5", "P@0.7", "P@0.9"}
@@ -90,6 +95,37 @@ def test_real_backbone_without_bert_folder_is_a_clear_error(refer_root, tmp_path
                       "trainer.device=cpu", f"hydra.run.dir={tmp_path / 'out'}")
     assert result.returncode == 2
     assert "bert-base-uncased" in result.stderr and "config.json" in result.stderr
+
+
+def test_official_checkpoint_loads_and_predictions_include_the_logits(refer_root, tmp_path):
+    """An official-layout DIT file (here: exported from a tiny donor, DDP prefix) fills the model
+    built by tools/eval.py; save_predictions=true writes <sent_id>.png and the 512² float32
+    logits <sent_id>.npy, equal to the donor's own prediction."""
+    load_plugins()
+    torch.manual_seed(7)
+    donor = METHODS.get("dit_layerwise")(sam=SamBackbone(**TINY_SAM), text_encoder={"allow_random_init": True}).eval()
+    with torch.no_grad():
+        for layer in donor.injection.projections:
+            layer.weight.normal_(0, 0.2)
+    path = tmp_path / "seg_best.pth"
+    torch.save(export_official_dit(donor, ddp_prefix=True), path)
+    out = tmp_path / "eval"
+    result = run_tool("tools/eval.py", "method=dit_layerwise", f"dataset.root={refer_root}", f"method.official_checkpoint={path}",
+                      "method.text_encoder.size=tiny", "save_predictions=true", *TINY, f"hydra.run.dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "loaded official DIT checkpoint" in (out / "eval.log").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    pngs, arrays = sorted((out / "predictions").glob("*.png")), sorted((out / "predictions").glob("*.npy"))
+    assert len(pngs) == len(arrays) == metrics["num_samples"] > 0
+    assert [p.stem for p in pngs] == [a.stem for a in arrays]
+    sample = DATASETS.get("refcoco")(split="eval", root=str(refer_root))[0]
+    logits = np.load(out / "predictions" / f"{sample.meta['sent_id']}.npy")
+    assert logits.shape == (512, 512) and logits.dtype == np.float32
+    expected = donor.predict(Batch([sample]))[0].meta["logits"].numpy()
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    bad = run_tool("tools/eval.py", "method=dit_layerwise", f"dataset.root={refer_root}", f"method.official_checkpoint={path}",
+                   *TINY, f"hydra.run.dir={tmp_path / 'bad'}")
+    assert bad.returncode == 2 and "method.text_encoder.tokenizer" in bad.stderr
 
 
 def test_benchmark_script_prints_the_side_by_side_table():

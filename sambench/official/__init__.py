@@ -1,0 +1,1 @@
+"""Import and export of the authors' released checkpoints (official key layouts)."""
