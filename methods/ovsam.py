@@ -317,7 +317,7 @@ class Clip2Sam(SambenchMethod):
 
     def _prediction(self, sample, masks, labels, scores, det_scores) -> Prediction:
         if det_scores is None:
-            return Prediction(index=sample.index, masks=masks, class_ids=labels, scores=scores)
+            return Prediction(index=sample.index, masks=masks, class_ids=labels, scores=scores, meta=instance_outputs(sample, labels, scores))
         boxes = self.detections(sample.meta.get("image_id", sample.index))[0].tolist()
         detections = [{"bbox": b, "score": float(d * s), "class_id": int(c), "mask": m}
                       for b, d, s, c, m in zip(boxes, det_scores.tolist(), scores.tolist(), labels.tolist(), masks)]
@@ -328,6 +328,16 @@ class Clip2Sam(SambenchMethod):
             return Prediction(index=sample.index, meta={"detections": []})
         return Prediction(index=sample.index, masks=torch.zeros(0, *sample.size, dtype=torch.bool),
                           class_ids=torch.zeros(0, dtype=torch.long), scores=torch.zeros(0))
+
+
+def instance_outputs(sample: Sample, labels: torch.Tensor, scores: torch.Tensor) -> dict:
+    """``save_predictions`` files: one mask per GT instance named ``<image_id>_<ann_id>`` and its
+    predicted label (class id, name, score) for ``predictions/labels.json``."""
+    image_id, ann_ids = sample.meta.get("image_id", sample.index), sample.meta.get("ann_ids") or range(len(labels))
+    names = sample.class_names or []
+    return {"instance_names": [f"{image_id}_{ann}" for ann in ann_ids],
+            "instance_labels": [{"class_id": int(c), "class_name": names[int(c)] if int(c) < len(names) else None,
+                                 "score": float(s)} for c, s in zip(labels.tolist(), scores.tolist())]}
 
 
 @METHODS.register_module(name="ovsam")

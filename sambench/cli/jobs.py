@@ -15,7 +15,7 @@ from sambench.cli.build import (
 from sambench.data.loader import eval_loader
 from sambench.engine import dist
 from sambench.engine.checkpoint import load_checkpoint, resolve_checkpoint
-from sambench.engine.evaluate import evaluate
+from sambench.engine.evaluate import evaluate, merge_label_files
 from sambench.engine.loop import Trainer, load_trainable
 from sambench.engine.precision import check_precision, set_strict_fp32
 from sambench.logging import build_run_logger
@@ -83,6 +83,8 @@ def evaluate_job(cfg: DictConfig) -> dict:
         overlays_dir=run_dir / "vis" if cfg.save_overlays else None,
         num_overlays=getattr(run_logger, "num_overlays", 0),
     )
+    if cfg.save_predictions and dist.is_main():  # every rank has written its files: the gather in compute() waited
+        merge_label_files(run_dir / "predictions")
     run_logger.log_metrics({k: v for k, v in metrics.items() if not isinstance(v, dict)}, 0, prefix="eval/")
     if overlays:
         run_logger.log_overlays(overlays, 0, key="eval/overlays")

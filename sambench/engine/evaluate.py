@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from sambench.engine.precision import autocast
-from sambench.files import write_npy_atomic
+from sambench.files import write_json_atomic, write_npy_atomic
 from sambench.logging.console import progress
 from sambench.engine.dist import rank
 from sambench.structures import Prediction, Sample
@@ -99,8 +102,35 @@ def write_prediction(sample: Sample, pred: Prediction, predictions_dir: Path | N
         logits = pred.meta.get("logits")
         if isinstance(logits, torch.Tensor):
             write_npy_atomic(predictions_dir / relative.with_suffix(".npy"), logits.detach().float().cpu().numpy())
+        if "instance_names" in pred.meta:
+            write_instance_files(pred, predictions_dir)
     if overlays_dir is not None:
         save_png_atomic(overlays_dir / relative, overlay_masks(sample.image, masks))
+
+
+def write_instance_files(pred: Prediction, predictions_dir: Path) -> None:
+    """One binary PNG (0 / 255) per instance, ``<predictions_dir>/<name>.png`` for the names in
+    ``meta["instance_names"]``, and their labels (``meta["instance_labels"]``: one dict each) in a
+    fragment ``<predictions_dir>/labels/<first name>.json`` that :func:`merge_label_files` joins."""
+    names = [_safe(str(name)) for name in pred.meta["instance_names"]]
+    for name, mask in zip(names, pred.masks.cpu().numpy()):
+        save_png_atomic(predictions_dir / f"{name}.png", mask.astype("uint8") * 255)
+    labels = pred.meta.get("instance_labels")
+    if labels is not None and names:
+        (predictions_dir / "labels").mkdir(parents=True, exist_ok=True)
+        write_json_atomic(predictions_dir / "labels" / f"{names[0]}.json", dict(zip(names, labels)), indent=None)
+
+
+def merge_label_files(predictions_dir: Path) -> None:
+    """Rank 0 after evaluation: ``labels/*.json`` fragments -> one ``labels.json`` (sorted by name)."""
+    folder = predictions_dir / "labels"
+    if not folder.is_dir():
+        return
+    merged: dict = {}
+    for fragment in sorted(folder.glob("*.json")):
+        merged.update(json.loads(fragment.read_text(encoding="utf-8")))
+    write_json_atomic(predictions_dir / "labels.json", dict(sorted(merged.items())))
+    shutil.rmtree(folder)
 
 
 def overlay_item(sample: Sample, pred: Prediction) -> dict:

@@ -11,7 +11,9 @@ from conftest import SHARED_DATA, TINY_SAM, needs_shared, run_tool
 from PIL import Image
 
 from sambench.data.coco_synthetic import write_synthetic_coco
-from sambench.registry import DATASETS
+from sambench.registry import DATASETS, load_plugins
+
+load_plugins()
 
 
 def test_sam2clip_trains_and_reports_the_distillation_error(tmp_path):
@@ -67,9 +69,20 @@ def test_both_stages_train_and_ovsam_evaluates_with_their_weights(tmp_path):
     assert any(k.startswith("fpn.") for k in saved) and not any(k.startswith("adapter.") for k in saved)
     result = run_tool("tools/eval.py", "method=ovsam", f"dataset.root={coco}", *SMALL_ADAPTER, "method.prompt=point",
                       f"method.sam2clip_checkpoint={stage1}", f"method.clip2sam_checkpoint={stage2}",
-                      "method.allow_untrained=false", "trainer.device=cpu", f"hydra.run.dir={out}")
+                      "method.allow_untrained=false", "save_predictions=true", "trainer.device=cpu", f"hydra.run.dir={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((out / "metrics.json").read_text())["num_instances"] == trained["num_instances"]
+    # one mask per GT instance, <image_id>_<ann_id>.png at the original size, and its label in labels.json
+    gt = json.loads((coco / "annotations" / "instances_val2017.json").read_text())
+    evaluation = DATASETS.get("coco_ov")(split="eval", root=str(coco))  # the 65 classes' instances
+    expected = {f"{image['id']}_{ann['id']}" for image, anns in evaluation.entries for ann in anns}
+    labels = json.loads((out / "predictions" / "labels.json").read_text())
+    assert set(labels) == expected and not (out / "predictions" / "labels").exists()
+    first = next(iter(sorted(expected)))
+    size = next((i["height"], i["width"]) for i in gt["images"] if str(i["id"]) == first.split("_")[0])
+    mask = np.array(Image.open(out / "predictions" / f"{first}.png"))
+    assert mask.shape == size and set(np.unique(mask)) <= {0, 255}
+    assert 0 <= labels[first]["class_id"] < 65 and isinstance(labels[first]["class_name"], str)
     # export to the authors' layout; the files load back as official files and carry the run's weights
     result = run_tool("tools/export_official.py", str(stage2), "--out", str(tmp_path / "official"))
     assert result.returncode == 0, result.stderr[-3000:]
