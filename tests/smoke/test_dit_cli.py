@@ -134,3 +134,23 @@ def test_benchmark_script_prints_the_side_by_side_table():
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "ms" not in line]
     assert [row.split("|")[1].strip().split(" ")[0] for row in rows] == ["dit_layerwise", "sam_text", "sam_text"]
     assert "L-DIT overhead over sam_text" in result.stdout
+
+
+def test_export_official_tool_writes_the_runs_ema_weights(dit_run, tmp_path):
+    """tools/export_official.py on a trained run: the authors' layout, holding the run's EMA tensors."""
+    from sambench.official.dit_checkpoint import official_name
+
+    result = run_tool("tools/export_official.py", str(dit_run), "--out", str(tmp_path / "official"), "--ddp-prefix")
+    assert result.returncode == 0, result.stderr[-3000:]
+    exported = torch.load(tmp_path / "official" / "dit_dit_layerwise.pth", weights_only=True)
+    assert set(exported) == {"epoch", "state_dict", "lr"}
+    state = exported["state_dict"]
+    assert all(key.startswith("module.") for key in state)
+    ema = torch.load(dit_run / "checkpoints" / "last.pt", weights_only=True)["ema"]["shadow"]
+    checked = 0
+    for name, tensor in ema.items():
+        official = official_name(name)
+        if official is not None:
+            assert torch.equal(state[f"module.{official}"], tensor), name
+            checked += 1
+    assert checked == len(ema) and "module.visual_encoder.probs.0.weight" in state
