@@ -7,23 +7,14 @@ classes numbered 0..K-1 in sorted COCO category-id order.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
-from sambench.data.base import PROMPTED_INSTANCE, SambenchDataset, inside_root, read_image, resolve_root
-from sambench.data.coco_format import (
-    bbox_problem,
-    contiguous_categories,
-    instance_tensors,
-    load_coco_json,
-    segmentation_problem,
-)
+from sambench.data.base import PROMPTED_INSTANCE, SambenchDataset, inside_root, resolve_root
+from sambench.data.coco_format import contiguous_categories, instance_tensors, load_coco_json, read_coco_image
 from sambench.errors import ConfigError, DatasetError
 from sambench.registry import DATASETS
 from sambench.structures import Sample
-
-logger = logging.getLogger(__name__)
 
 ROOT_HINT = "a folder holding annotations/ and the image folders"
 
@@ -96,42 +87,51 @@ class CocoInstancesDataset(SambenchDataset):
         self.min_area = float(min_area)
         self.max_instances = max_instances
 
-        data = load_coco_json(self.ann_path)
+        skipped: dict = {}
+        data = load_coco_json(self.ann_path, skipped=skipped)
         self.category_index, self.class_names = contiguous_categories(data["categories"], self.ann_path)
-        self.num_invalid_annotations = 0
-        self._first_problem = ""
+        self.num_invalid_annotations = sum(1 for kind, _ in skipped.values() if kind != "orphan")
+        self._index_images(data)
+        self._filtered = {"crowd": 0, "min_area": 0}
         kept = self._group_annotations(data)
-        images = sorted(
-            (image for image in self._index_images(data) if image["id"] in kept), key=lambda image: image["id"]
-        )
+        images = sorted((image for image in data["images"] if image["id"] in kept), key=lambda image: image["id"])
         if max_images is not None:
             images = images[:max_images]
+        if not images:
+            raise DatasetError(self._nothing_to_use(data, skipped))
         self.entries: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [
             (image, kept[image["id"]]) for image in images
         ]
 
-    def _index_images(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+    def _index_images(self, data: dict[str, Any]) -> None:
         for image in data["images"]:
-            if not isinstance(image, dict) or "id" not in image or not isinstance(image.get("file_name"), str):
-                raise DatasetError(f"annotation file {self.ann_path}: every image needs an 'id' and a 'file_name'")
-        return data["images"]
+            if not isinstance(image.get("file_name"), str) or not image["file_name"]:
+                raise DatasetError(
+                    f"annotation file {self.ann_path}: image {image['id']} needs a 'file_name' (a non-empty string)"
+                )
+            inside_root(self.image_folder, image["file_name"])  # refuses '..' and absolute names now
+
+    def _nothing_to_use(self, data: dict[str, Any], skipped: dict) -> str:
+        """Why no image kept an annotation (for the error when the dataset would be empty)."""
+        reasons = [f"{len(data['images'])} image(s)", f"{len(data['annotations'])} usable annotation(s)"]
+        if skipped:
+            reasons.append(f"{len(skipped)} skipped (see the warning above)")
+        if self._filtered["crowd"]:
+            reasons.append(f"{self._filtered['crowd']} crowd (include_crowd=false)")
+        if self._filtered["min_area"]:
+            reasons.append(f"{self._filtered['min_area']} below min_area={self.min_area:g}")
+        return (
+            f"annotation file {self.ann_path}: no image has an annotation to evaluate or train on "
+            f"({', '.join(reasons)}); expected at least one image with a usable instance annotation"
+        )
 
     def _keep(self, ann: dict[str, Any]) -> bool:
-        """Filter one annotation (crowd, area); count and skip invalid segmentations or boxes."""
+        """Filter one (validated) annotation: crowd, area."""
         if ann.get("iscrowd", 0) and not self.include_crowd:
+            self._filtered["crowd"] += 1
             return False
         if float(ann.get("area", 0.0)) < self.min_area:
-            return False
-        if ann.get("category_id") not in self.category_index:
-            raise DatasetError(
-                f"annotation file {self.ann_path}: annotation {ann.get('id')} has unknown "
-                f"category_id {ann.get('category_id')}"
-            )
-        problem = segmentation_problem(ann.get("segmentation")) or bbox_problem(ann.get("bbox"))
-        if problem:
-            if self.num_invalid_annotations == 0:
-                self._first_problem = f"annotation {ann.get('id')}: {problem}"
-            self.num_invalid_annotations += 1
+            self._filtered["min_area"] += 1
             return False
         return True
 
@@ -139,15 +139,8 @@ class CocoInstancesDataset(SambenchDataset):
         """Kept annotations by image id (largest first when ``max_instances`` caps them)."""
         kept: dict[Any, list[dict[str, Any]]] = {}
         for ann in data["annotations"]:
-            if not isinstance(ann, dict) or "image_id" not in ann:
-                raise DatasetError(f"annotation file {self.ann_path}: every annotation needs an 'image_id'")
             if self._keep(ann):
                 kept.setdefault(ann["image_id"], []).append(ann)
-        if self.num_invalid_annotations:
-            logger.warning(
-                "%s: skipped %d annotation(s) with an invalid segmentation or bbox (first: %s)",
-                self.ann_path, self.num_invalid_annotations, self._first_problem,
-            )
         if self.max_instances is not None:
             for image_id, anns in kept.items():
                 ranked = sorted(anns, key=lambda ann: -float(ann.get("area", 0.0)))
@@ -160,7 +153,7 @@ class CocoInstancesDataset(SambenchDataset):
     def __getitem__(self, index: int) -> Sample:
         image_info, anns = self.entries[index]
         path = inside_root(self.image_folder, image_info["file_name"])
-        image = read_image(path)
+        image = read_coco_image(path, image_info)
         size = (int(image.shape[0]), int(image.shape[1]))
         return Sample(
             index=index,

@@ -5,6 +5,9 @@ Layout as ``coco_instances``: ``root/annotations/instances_val2017.json`` and
 ``root/val2017/<file_name>``. ``coco_ov`` training keeps only base-class instances (and the
 images that have one) with the 48 base classes as vocabulary; evaluation keeps base + novel
 instances (65 classes, 17 flagged novel); the 15 other COCO classes are dropped.
+``class_names_file`` (``dataset.class_names_file``): per-class synonym lists for the text
+embeddings, e.g. the official code's COCO lists written by ``tools/make_class_names.py``
+(:func:`~sambench.data.open_vocab.read_class_names_file`); None = the annotation names.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class _CocoOpenVocab(OpenVocabInstanceDataset):
         include_crowd: bool = False,
         min_area: float = 0.0,
         max_images: int | None = None,
+        class_names_file: str | None = None,
     ):
         self._check_common(split, max_images)
         self.split = split
@@ -73,7 +77,8 @@ class _CocoOpenVocab(OpenVocabInstanceDataset):
                 raise DatasetError(f"annotation file {ann_path}: every image needs an 'id' and a 'file_name'")
         all_ids = [c.get("id") for c in data["categories"] if isinstance(c, dict)]
         keep, novel = self._split_ids(all_ids, split)
-        self._build(data, ann_path, keep, novel, include_crowd=include_crowd, min_area=min_area, max_images=max_images)
+        self._build(data, ann_path, keep, novel, include_crowd=include_crowd, min_area=min_area, max_images=max_images,
+                    class_names_file=class_names_file)
 
     def image_path(self, image_info: dict[str, Any]) -> tuple[Path, str]:
         return inside_root(self.image_folder, image_info["file_name"]), image_info["file_name"]

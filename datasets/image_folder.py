@@ -1,7 +1,8 @@
 """Any folder of images (SA-1B shards, COCO's train2017, ...) for feature distillation.
 
-Images are found recursively by suffix and sorted; the last ``eval_images`` are held out for
-evaluation (or ``eval_dir`` names a separate folder). Samples carry only the image.
+Images are found recursively by suffix and sorted (symlinked folders are followed, each real
+folder once); the last ``eval_images`` are held out for evaluation (or ``eval_dir`` names a
+separate folder). Samples carry only the image.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from sambench.data.base import IMAGE_DISTILLATION, SambenchDataset, inside_root, read_image, resolve_root
+from sambench.data.base import IMAGE_DISTILLATION, SambenchDataset, inside_root, read_image, resolve_root, walk_files
 from sambench.errors import ConfigError, DatasetError
 from sambench.registry import DATASETS
 from sambench.structures import Sample
@@ -36,7 +37,11 @@ class ImageFolderDataset(SambenchDataset):
         self.root = resolve_root(root, "image_folder", "a folder of images (e.g. SA-1B shards or COCO train2017)")
         folder = inside_root(self.root, eval_dir if split == "eval" and eval_dir else train_dir)
         wanted = {s.lower() for s in suffixes}
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in wanted)
+        if not folder.is_dir():
+            raise DatasetError(
+                f"image folder not found: {folder} (set dataset.train_dir / dataset.eval_dir relative to {self.root})"
+            )
+        files = walk_files(folder, lambda name: Path(name).suffix.lower() in wanted)
         if eval_dir is None:
             if len(files) <= eval_images:
                 raise DatasetError(f"{folder} has {len(files)} images; holding out dataset.eval_images={eval_images} needs more")

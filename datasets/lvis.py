@@ -42,6 +42,10 @@ class LvisDataset(OpenVocabInstanceDataset):
         train_without_rare: drop rare categories (and their instances) in training.
         min_area: drop annotations whose ``area`` is below this (pixels).
         max_images: keep only the first N images (by id) that have an instance.
+        class_names_file: per-class synonym lists for the text embeddings (JSON, category id or
+            name -> list of names; :func:`~sambench.data.open_vocab.read_class_names_file`).
+            None = the official code's LVIS vocabulary: each category's ``name`` split by
+            :func:`synonyms` (the annotation file's ``synonyms`` are not used by the official code).
 
     Besides the common attributes (``class_names``, ``category_ids``, ``novel``,
     ``ann_file_path``) it exposes ``frequency`` ('r'/'c'/'f' per class) and
@@ -61,6 +65,7 @@ class LvisDataset(OpenVocabInstanceDataset):
         train_without_rare: bool = True,
         min_area: float = 0.0,
         max_images: int | None = None,
+        class_names_file: str | None = None,
     ):
         self._check_common(split, max_images)
         self.split = split
@@ -81,7 +86,8 @@ class LvisDataset(OpenVocabInstanceDataset):
             novel: list[int] = []
         else:
             keep, novel = list(frequency), rare
-        self._build(data, ann_path, keep, novel, include_crowd=False, min_area=min_area, max_images=max_images)
+        self._build(data, ann_path, keep, novel, include_crowd=False, min_area=min_area, max_images=max_images,
+                    class_names_file=class_names_file)
         self.frequency: list[str] = [frequency[cat_id] for cat_id in self.category_ids]
         self.class_synonyms: list[list[str]] = [
             [str(s) for s in c.get("synonyms") or []] or synonyms(c["name"]) for c in self.categories

@@ -86,7 +86,11 @@ class PascalContextDataset(SemanticSegmentationDataset):
             raise DatasetError(
                 f"split list not found: {list_file} (expected {LIST_DIR}/{split_name}.txt with one image id a line)"
             )
-        ids = sorted({line.strip() for line in list_file.read_text(encoding="utf-8").splitlines() if line.strip()})
+        try:
+            text = list_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DatasetError(f"cannot read split list {list_file} ({exc}); expected UTF-8 text, one image id a line") from None
+        ids = sorted({line.strip() for line in text.splitlines() if line.strip()})
         if not ids:
             raise DatasetError(f"split list {list_file} names no image (expected one image id a line)")
         entries = []

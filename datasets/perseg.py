@@ -10,16 +10,28 @@ PerSAM has no training split: ``split="train"`` and ``split="eval"`` give the sa
 
 from __future__ import annotations
 
+import logging
+import os
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from sambench.data.base import PERSONALIZE, SambenchDataset, inside_root, read_image, resolve_root
+from sambench.data.base import (
+    PERSONALIZE,
+    SambenchDataset,
+    inside_root,
+    read_image,
+    read_mask_rgb,
+    resolve_root,
+    size_mismatch_hint,
+)
 from sambench.errors import ConfigError, DatasetError
 from sambench.registry import DATASETS, closest
 from sambench.structures import Reference, Sample
+
+logger = logging.getLogger(__name__)
 
 ROOT_HINT = "a PerSeg folder holding Images/<object>/NN.jpg and Annotations/<object>/NN.png"
 IMAGE_SUFFIX = ".jpg"
@@ -39,15 +51,20 @@ def reference_id_list(reference_ids) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
-def read_mask_rgb(path: Path, image_path: Path, image_size: tuple[int, int]) -> np.ndarray:
-    """The mask file as read in RGB (H×W×3 uint8); its size must match the image's (H, W)."""
-    mask_rgb = read_image(path)
-    if mask_rgb.shape[:2] != image_size:
+def read_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """An image (H×W×3 uint8 RGB, upright) and its mask as read in RGB (H×W×3 uint8, 16-bit
+    values clipped, not scaled); their sizes must match. The mask is read first: when its size
+    is that of the image's stored pixels and not of the upright ones (EXIF orientation), it was
+    made on the stored pixels and the image is read as stored."""
+    mask_rgb = read_mask_rgb(mask_path)
+    image = read_image(image_path, expected_size=mask_rgb.shape[:2])
+    if mask_rgb.shape[:2] != image.shape[:2]:
         raise DatasetError(
-            f"mask {path} is {mask_rgb.shape[0]}x{mask_rgb.shape[1]} but image {image_path} is "
-            f"{image_size[0]}x{image_size[1]} (expected the same size)"
+            f"mask {mask_path} is {mask_rgb.shape[0]}x{mask_rgb.shape[1]} but image {image_path} is "
+            f"{image.shape[0]}x{image.shape[1]} (expected the same size)"
+            f"{size_mismatch_hint(image_path, image.shape[:2], mask_rgb.shape[:2])}"
         )
-    return mask_rgb
+    return image, mask_rgb
 
 
 @DATASETS.register_module(name="perseg")
@@ -92,7 +109,19 @@ class PerSegDataset(SambenchDataset):
         self._references: OrderedDict[str, list[Reference]] = OrderedDict()
 
     def _select_objects(self, objects: list[str] | None) -> list[str]:
-        found = sorted(p.name for p in self.image_root.iterdir() if p.is_dir())
+        found, seen, repeated = [], {os.path.realpath(self.image_root)}, []
+        for folder in sorted(p for p in self.image_root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            real = os.path.realpath(folder)
+            if real in seen:  # a link back to Images/ or a second link to another object's folder
+                repeated.append(folder)
+                continue
+            seen.add(real)
+            found.append(folder.name)
+        if repeated:
+            logger.warning(
+                "%s: skipped %d object folder link(s) leading to a folder already listed (first: %s -> %s)",
+                self.image_root, len(repeated), repeated[0], os.path.realpath(repeated[0]),
+            )
         if not found:
             raise DatasetError(f"no object folders in {self.image_root} (expected Images/<object>/NN.jpg)")
         if objects is None:
@@ -136,8 +165,7 @@ class PerSegDataset(SambenchDataset):
 
     def _load_reference(self, obj: str, image_id: str) -> Reference:
         image_path, path = self.image_path(obj, image_id), self.mask_path(obj, image_id)
-        image = read_image(image_path)
-        mask_rgb = read_mask_rgb(path, image_path, image.shape[:2])
+        image, mask_rgb = read_pair(image_path, path)
         if not mask_rgb.any():
             raise DatasetError(f"empty reference mask: {path} (expected a non-empty object mask)")
         reference = Reference(image=image, mask_rgb=mask_rgb, name=f"{obj}/{image_id}")
@@ -163,9 +191,7 @@ class PerSegDataset(SambenchDataset):
 
     def __getitem__(self, index: int) -> Sample:
         obj, image_id = self.entries[index]
-        image_path = self.image_path(obj, image_id)
-        image = read_image(image_path)
-        mask_rgb = read_mask_rgb(self.mask_path(obj, image_id), image_path, image.shape[:2])
+        image, mask_rgb = read_pair(self.image_path(obj, image_id), self.mask_path(obj, image_id))
         return Sample(
             index=index,
             image=image,

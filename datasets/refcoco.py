@@ -17,14 +17,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sambench.data.base import REFERRING, SambenchDataset, inside_root, read_image, resolve_root
-from sambench.data.coco_format import (
-    bbox_problem,
-    contiguous_categories,
-    instance_tensors,
-    load_coco_json,
-    segmentation_problem,
-)
+from sambench.data.base import REFERRING, SambenchDataset, inside_root, resolve_root
+from sambench.data.coco_format import contiguous_categories, instance_tensors, load_coco_json, read_coco_image
 from sambench.data.refer_json import REFER_SPLITS, load_refs, refs_file, select_refs
 from sambench.errors import ConfigError, DatasetError
 from sambench.registry import DATASETS, closest
@@ -130,10 +124,11 @@ class RefCocoDataset(SambenchDataset):
         refs = select_refs(load_refs(self.refs_path), self.refer_split)
         if not refs:
             raise DatasetError(f"refs file {self.refs_path} has no ref in split '{self.refer_split}'")
-        data = load_coco_json(self.ann_path)
+        skipped: dict = {}
+        data = load_coco_json(self.ann_path, skipped=skipped)
         self.category_index, self.class_names = contiguous_categories(data["categories"], self.ann_path)
         self.refs = refs
-        self.anns, self.images = self._index(refs, data)
+        self.anns, self.images = self._index(refs, data, skipped)
         if split == "train":
             self.entries: list[tuple[int, int | None]] = [(i, None) for i in range(len(refs))]
         else:
@@ -160,31 +155,31 @@ class RefCocoDataset(SambenchDataset):
             )
         return path
 
-    def _index(self, refs: list[dict[str, Any]], data: dict[str, Any]) -> tuple[dict, dict]:
+    def _index(self, refs: list[dict[str, Any]], data: dict[str, Any], skipped: dict) -> tuple[dict, dict]:
         """The annotations and images the refs use, checked now (ids, segmentations, paths)."""
-        anns = {ann.get("id"): ann for ann in data["annotations"] if isinstance(ann, dict)}
-        images = {img.get("id"): img for img in data["images"] if isinstance(img, dict)}
+        anns = {ann.get("id"): ann for ann in data["annotations"]}
+        images = {img["id"]: img for img in data["images"]}
         used_anns: dict[int, dict[str, Any]] = {}
         used_images: dict[int, dict[str, Any]] = {}
         for ref in refs:
             ann = anns.get(ref["ann_id"])
+            if ann is None and ref["ann_id"] in skipped:
+                raise DatasetError(
+                    f"annotation {ref['ann_id']} in {self.ann_path} (ref {ref['ref_id']} of {self.refs_path.name}) "
+                    f"cannot be used: {skipped[ref['ann_id']][1]}"
+                )
             if ann is None:
                 raise DatasetError(
                     f"ref {ref['ref_id']} in {self.refs_path} names ann_id {ref['ann_id']}, which {self.ann_path} "
                     f"lacks (are both files from the same {self.dataset} download?)"
                 )
-            problem = segmentation_problem(ann.get("segmentation")) or bbox_problem(ann.get("bbox"))
-            if problem is None and ann.get("category_id") not in self.category_index:
-                problem = f"unknown category_id {ann.get('category_id')}"
-            if problem:
-                raise DatasetError(f"annotation {ann['id']} in {self.ann_path} (ref {ref['ref_id']}): {problem}")
-            image = images.get(ann.get("image_id"))
+            image = images.get(ann["image_id"])  # annotations were validated by load_coco_json
             if image is None:
                 raise DatasetError(
                     f"ref {ref['ref_id']} in {self.refs_path}: its annotation {ann['id']} names image_id "
                     f"{ann.get('image_id')}, which {self.ann_path} lacks"
                 )
-            if not isinstance(image.get("file_name"), str):
+            if not isinstance(image.get("file_name"), str) or not image["file_name"]:
                 raise DatasetError(f"annotation file {self.ann_path}: image {image['id']} has no 'file_name'")
             inside_root(self.image_folder, image["file_name"])  # refuses '..' and absolute names now
             used_anns[ann["id"]] = ann
@@ -200,7 +195,7 @@ class RefCocoDataset(SambenchDataset):
         ann = self.anns[ref["ann_id"]]
         image_info = self.images[ann["image_id"]]
         path = inside_root(self.image_folder, image_info["file_name"])
-        image = read_image(path)
+        image = read_coco_image(path, image_info)
         size = (int(image.shape[0]), int(image.shape[1]))
         sentences = ref["sentences"]
         if sentence_index is not None:

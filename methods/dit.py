@@ -52,6 +52,8 @@ class TextInstructedSam(SambenchMethod):
         extra_decoder_layers: 0, 2 or 4 new two-way decoder layers (baseline rows).
         image_size: canvas side (official 512); threshold: on sigmoid at that size (0.35).
         augment: :class:`ReferringPreprocessor` options for training.
+        image_pipeline: ``official`` (PIL in uint8, as the official code) or ``tensor`` (device
+            tensors, faster with few CPU cores, not bit-faithful); see ``methods/dit.md``.
         official_checkpoint: a DIT file released by the authors (``{'state_dict': ...}``),
             loaded once the model is built; it fills every tensor (SAM, BERT, projections), so
             without ``text_encoder.path`` a random bert-base-sized BERT is built for it (only a
@@ -65,7 +67,7 @@ class TextInstructedSam(SambenchMethod):
         self, *, sam, text_encoder: dict | None = None, injection: str | None = None, train_image_encoder: bool = True,
         attention: str = "global", mask_text_padding: bool = False, projection_dropout: float = 0.1,
         extra_decoder_layers: int = 0, image_size: int = 512, threshold: float = 0.35, augment: dict | None = None,
-        official_checkpoint: str | None = None,
+        image_pipeline: str = "official", official_checkpoint: str | None = None,
     ):
         super().__init__()
         injection = injection or self.INJECTION
@@ -89,7 +91,7 @@ class TextInstructedSam(SambenchMethod):
             self.injection = TextInjection(mode=injection, depth=len(encoder.blocks), text_dim=self.text.dim,
                                            vision_dim=encoder.patch_embed.proj.out_channels, dropout=projection_dropout)
         self.extra_layers = ExtraDecoderLayers(num_layers=extra_decoder_layers) if extra_decoder_layers else None
-        self.preprocess = ReferringPreprocessor(size=image_size, **(augment or {}))
+        self.preprocess = ReferringPreprocessor(size=image_size, pipeline=image_pipeline, **(augment or {}))
         self._set_trainable(train_image_encoder)
         if official_checkpoint is not None:  # after the model is built: every tensor must be filled
             import_official_dit(self, official_checkpoint)

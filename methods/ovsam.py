@@ -21,13 +21,16 @@ from sambench.data.base import IMAGE_DISTILLATION, OPEN_VOCAB_INSTANCE
 from sambench.engine.loop import load_trainable
 from sambench.errors import CheckpointError, ConfigError
 from sambench.method import SambenchMethod
-from sambench.ovsam.adapter import Sam2ClipAdapter
+from sambench.ovsam.adapter import Sam2ClipAdapter, teacher_sizes
 from sambench.ovsam.augment import large_scale_jitter
-from sambench.ovsam.classifier import cosine_logits, geometric_ensemble
+from sambench.ovsam.center_points import POINT_RULES, official_center_points
+from sambench.ovsam.classifier import clip_valid, cosine_logits, geometric_ensemble
 from sambench.ovsam.fpn import FPN
+from sambench.ovsam.input_frame import IMAGE_RESIZES, eval_pixels
 from sambench.ovsam.label_token import LABEL_MODES, LabelToken
 from sambench.ovsam.losses import classification_loss, point_mask_losses
-from sambench.ovsam.prompting import EVAL_PROMPTS, DetectionBoxes, gt_prompts, random_foreground_points, training_prompt_indices
+from sambench.ovsam.prompting import (EVAL_PROMPTS, DetectionBoxes, gt_prompts, num_box_prompts, random_foreground_points,
+                                      training_prompt_indices)
 from sambench.ovsam.roi import RegionEmbedding, multi_level_roi_align
 from sambench.ovsam.stage_weights import load_exactly, read_stage_file, with_prefix
 from sambench.official.ovsam_checkpoint import load_official_clip2sam, load_official_sam2clip
@@ -37,6 +40,8 @@ from sambench.registry import METHODS
 from sambench.structures import Batch, Prediction, Sample
 
 CLIP_BOX_FRAMES = ("input", "original")
+CLIP_ROIS = ("prompt_box", "mask_box")
+EMPTY_MASK_ROIS = ("zero", "prompt")
 
 
 def resnet_stage_channels(clip: ClipBackbone) -> tuple[int, ...]:
@@ -45,25 +50,40 @@ def resnet_stage_channels(clip: ClipBackbone) -> tuple[int, ...]:
     return tuple(int(getattr(visual, f"layer{i}")[-1].conv3.out_channels) for i in range(1, 5))
 
 
+def build_adapter(clip: ClipBackbone, sam, *, num_heads: int | None = None, depth: int = 5,
+                  window: int = 14) -> Sam2ClipAdapter:
+    """The SAM2CLIP adapter sized by the SAM it imitates: its ViT's width, grid and (unless
+    ``num_heads`` is given) head count (ViT-H: 1280 / 64 / 16, so 128.8 M parameters; sam_tiny:
+    32 / 64 / 2, a few seconds per image on a CPU), with SAM's position embedding copied in."""
+    encoder = sam.sam.image_encoder
+    sizes = teacher_sizes(encoder)
+    if num_heads is not None:
+        sizes["num_heads"] = num_heads
+    if sizes["dim"] % sizes["num_heads"]:
+        raise ConfigError(f"adapter num_heads={sizes['num_heads']} does not divide the SAM ViT width {sizes['dim']}")
+    adapter = Sam2ClipAdapter(in_channels=resnet_stage_channels(clip), depth=depth, window=window, **sizes)
+    adapter.copy_pos_embed(encoder)
+    return adapter
+
+
 @METHODS.register_module(name="sam2clip")
 class Sam2Clip(SambenchMethod):
     """Args:
         sam: the teacher (its image encoder, through the cache); its ViT width and position
             embedding size the adapter (ViT-H: 1280, 64×64).
         clip: :class:`ClipBackbone` keyword arguments (a ResNet model: RN50x16 officially).
-        num_heads / depth / window: the adapter's transformer (official: 16 / 5 / 14).
+        num_heads / depth / window: the adapter's transformer (official: 16 / 5 / 14); num_heads
+            None = the teacher ViT's (ViT-H 16, sam_tiny 2).
     """
 
     TASK = IMAGE_DISTILLATION
 
-    def __init__(self, *, sam, clip: dict | None = None, num_heads: int = 16, depth: int = 5, window: int = 14):
+    def __init__(self, *, sam, clip: dict | None = None, num_heads: int | None = None, depth: int = 5,
+                 window: int = 14):
         super().__init__()
         self.sam = sam.requires_grad_(False)
         self.clip = ClipBackbone(**(clip or {"model": "RN50x16"}))
-        encoder = sam.sam.image_encoder
-        self.adapter = Sam2ClipAdapter(in_channels=resnet_stage_channels(self.clip), dim=encoder.pos_embed.shape[-1],
-                                       num_heads=num_heads, depth=depth, grid=encoder.pos_embed.shape[1], window=window)
-        self.adapter.copy_pos_embed(encoder)
+        self.adapter = build_adapter(self.clip, sam, num_heads=num_heads, depth=depth, window=window)
 
     def student(self, images) -> torch.Tensor:
         """Images -> student embeddings B×256×64×64 (CLIP frozen, adapter trainable)."""
@@ -102,14 +122,25 @@ class Clip2Sam(SambenchMethod):
     Args (see ``conf/method/clip2sam.yaml`` for every knob):
         sam: SAM (prompt encoder, mask decoder, its ViT's pos_embed for the adapter).
         clip: :class:`ClipBackbone` kwargs (a ResNet: RN50x16 officially).
-        adapter: :class:`Sam2ClipAdapter` sizes (num_heads, depth, window).
+        adapter: :class:`Sam2ClipAdapter` sizes (num_heads, depth, window; num_heads None = SAM's ViT's).
+        fpn_channels: FPN / RoI width (official 256; the tiny method config uses 32).
         sam2clip_checkpoint / clip2sam_checkpoint: sambench runs (file or folder) of each stage.
         allow_untrained: run without those files (random adapter / head: tests only).
         label_token: ``zero`` | ``add`` | ``only`` (:mod:`sambench.ovsam.label_token`).
         prompt: evaluation prompts ``box`` | ``point`` | ``detections`` (+ ``detections`` json).
         ensemble / alpha / beta: the frozen-CLIP geometric ensemble (base α, novel β).
         clip_box_frame: ``input`` (boxes scaled into the 1024 frame) | ``original`` (the
-            official code's un-scaled boxes for the CLIP branch, kept for parity).
+            official code's un-scaled GT boxes for the CLIP branch, kept for parity).
+        clip_rois: the frozen-CLIP branch's RoIs: ``prompt_box`` (official: the GT box of each
+            instance, also with point prompts; the detector's box) | ``mask_box`` (the predicted
+            mask's box, as the RoI branch).
+        empty_mask_roi: RoI-branch box of an empty predicted mask: ``zero`` (official: mmdet's
+            ``mask2bbox`` gives (0, 0, 0, 0)) | ``prompt`` (the prompt box; the image for points).
+        image_resize: ``cv2`` (official mmcv/cv2 bilinear on uint8) | ``pil`` (SamPredictor's PIL
+            path) (:mod:`sambench.ovsam.input_frame`).
+        point_rule: GT point prompts: ``official`` (kornia's cascaded distance transform on the
+            mask rescaled to the input frame, :mod:`sambench.ovsam.center_points`) | ``edt``
+            (scipy's exact transform on the original-size mask).
     """
 
     TASK = OPEN_VOCAB_INSTANCE
@@ -119,10 +150,12 @@ class Clip2Sam(SambenchMethod):
         clip2sam_checkpoint: str | None = None, allow_untrained: bool = False, label_token: str = "zero",
         prompt: str = "box", detections: str | None = None, score_threshold: float = 0.0, max_detections: int = 100,
         ensemble: bool = True, alpha: float = 0.1, beta: float = 0.9, clip_box_frame: str = "input",
+        clip_rois: str = "prompt_box", empty_mask_roi: str = "zero", image_resize: str = "cv2",
+        point_rule: str = "official",
         num_prompts: int = 40, num_points: int = 12544, oversample_ratio: float = 3.0, importance_ratio: float = 0.75,
         cls_weight: float = 2.0, bce_weight: float = 5.0, dice_weight: float = 5.0, background_weight: float = 0.1,
         logit_scale: float = 100.0, flip: float = 0.5, scale_range: tuple[float, float] = (0.9, 2.0),
-        min_mask_area: int = 32, cache_dir: str | None = None,
+        min_mask_area: int = 32, fpn_channels: int = 256, cache_dir: str | None = None,
     ):
         super().__init__()
         if prompt not in EVAL_PROMPTS:
@@ -131,25 +164,27 @@ class Clip2Sam(SambenchMethod):
             raise ConfigError("method.prompt=detections needs method.detections=<COCO results json of a detector>")
         if clip_box_frame not in CLIP_BOX_FRAMES:
             raise ConfigError(f"unknown method.clip_box_frame '{clip_box_frame}'; valid: {', '.join(CLIP_BOX_FRAMES)}")
+        for option, value, valid in (("clip_rois", clip_rois, CLIP_ROIS), ("empty_mask_roi", empty_mask_roi, EMPTY_MASK_ROIS),
+                                     ("image_resize", image_resize, IMAGE_RESIZES), ("point_rule", point_rule, POINT_RULES)):
+            if value not in valid:
+                raise ConfigError(f"unknown method.{option} '{value}'; valid: {', '.join(valid)}")
         if label_token not in LABEL_MODES:
             raise ConfigError(f"unknown method.label_token '{label_token}'; valid: {', '.join(LABEL_MODES)}")
         if num_prompts < 1:
             raise ConfigError(f"method.num_prompts must be >= 1, got {num_prompts}")
         self.sam, self.prompt, self.ensemble, self.alpha, self.beta = sam, prompt, ensemble, alpha, beta
         self.clip_box_frame, self.num_prompts, self.logit_scale = clip_box_frame, num_prompts, logit_scale
+        self.clip_rois, self.empty_mask_roi, self.image_resize, self.point_rule = clip_rois, empty_mask_roi, image_resize, point_rule
         self.point_loss = dict(num_points=num_points, oversample=oversample_ratio, importance=importance_ratio)
         self.weights = dict(cls=cls_weight, bce=bce_weight, dice=dice_weight, background=background_weight)
         self.jitter = dict(scale_range=tuple(scale_range), flip=flip, min_mask_area=min_mask_area)
         self.clip = ClipBackbone(**(clip or {"model": "RN50x16"}))
         channels, embed_dim = resnet_stage_channels(self.clip), self.clip.embed_dim
-        encoder = sam.sam.image_encoder
-        self.adapter = Sam2ClipAdapter(in_channels=channels, dim=encoder.pos_embed.shape[-1],
-                                       grid=encoder.pos_embed.shape[1], **(adapter or {}))
-        self.adapter.copy_pos_embed(encoder)
+        self.adapter = build_adapter(self.clip, sam, **(adapter or {}))
         sam.drop_image_encoder("Open-Vocabulary SAM's image embedding comes from CLIP + the SAM2CLIP adapter")
         self.label = LabelToken(dim=sam.sam.mask_decoder.transformer_dim, embed_dim=embed_dim, mode=label_token)
-        self.fpn = FPN(list(channels), 256, 4)
-        self.region = RegionEmbedding(256, embed_dim)
+        self.fpn = FPN(list(channels), fpn_channels, 4)
+        self.region = RegionEmbedding(fpn_channels, embed_dim)
         self.texts = TextEmbeddingBank(self.clip, cache_dir)
         self.detections = DetectionBoxes(detections, score_threshold, max_detections) if prompt == "detections" else None
         self._freeze()
@@ -229,18 +264,19 @@ class Clip2Sam(SambenchMethod):
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """CE (×2, background 0.1) on the RoI-branch logits of the GT boxes, BCE (×5) and Dice
         (×5) on 12,544 importance-sampled points of the 256² logits; ``num_prompts`` prompts per
-        image (half boxes, half single points, each instance repeated to fill them)."""
+        image (each instance repeated to fill them, shuffled; ``num // 2 + 1`` boxes, the rest single points)."""
         device, size = self.sam.device, self.sam.image_size
-        text = self.texts(batch[0].class_names)
+        text = self.texts(batch[0].class_names, batch[0].meta.get("synonym_lists"))
         logits, labels, masks, targets = [], [], [], []
         for sample in batch:
             image, gt, keep = large_scale_jitter(sample.image, sample.masks, size=size, device=device, **self.jitter)
             if not len(keep):
                 continue
             embedding, _, fpn = self.image_features(self.sam.sam.preprocess(image[None]))
-            index = training_prompt_indices(len(keep), self.num_prompts).to(device)
+            index = training_prompt_indices(len(keep), self.num_prompts)
+            index = index[torch.randperm(len(index))].to(device)  # official: shuffled, then boxes first
             boxes = mask_boxes(gt)[index]
-            half = (len(index) + 1) // 2
+            half = num_box_prompts(len(index))
             points = random_foreground_points(gt[index[half:]].cpu()).to(device)
             sparse_b, dense_b = self.prompt_embeddings(boxes=boxes[:half])
             sparse_p, dense_p = self.prompt_embeddings(points=points)
@@ -259,59 +295,78 @@ class Clip2Sam(SambenchMethod):
                 "loss_mask_dice": self.weights["dice"] * dice}
 
     # ----- inference ----------------------------------------------------------------------------
-    def _eval_prompts(self, sample: Sample) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """Original-pixel prompts of one sample and, for detections, their scores."""
+    def _eval_prompts(self, sample: Sample):
+        """One sample's prompts -> (sparse, dense embeddings, prompt boxes K×4 in the 1024 frame,
+        the CLIP-branch boxes K×4, detector scores or None). Points follow ``point_rule``; the
+        prompt boxes of point prompts are the GT boxes (the official CLIP branch pools those)."""
+        det_scores = None
+        official_points = self.detections is None and self.prompt == "point" and self.point_rule == "official"
         if self.detections is not None:
-            boxes, scores = self.detections(sample.meta.get("image_id", sample.index))
-            return {"boxes": boxes}, scores
-        return gt_prompts(sample, self.prompt), None
+            boxes, det_scores = self.detections(sample.meta.get("image_id", sample.index))
+            prompts = {"boxes": boxes}
+        elif official_points:  # integer pixels of the 1024 frame already
+            prompts = {"points": official_center_points(sample.masks, self.sam.input_size(sample.size))}
+        else:
+            prompts = gt_prompts(sample, self.prompt)
+        if next(iter(prompts.values())).shape[0] == 0:
+            return None, None, None, None, det_scores
+        if official_points:
+            sparse, dense = self.prompt_embeddings(points=prompts["points"][:, 0].to(self.sam.device))
+        else:
+            sparse, dense = self.sam.encode_prompts(sample.size, **prompts)
+        original = prompts["boxes"] if "boxes" in prompts else gt_prompts(sample, "box")["boxes"]
+        original = original.to(self.sam.device, torch.float)
+        frame = self.sam.transform.apply_boxes_torch(original, sample.size)
+        clip_boxes = original if self.clip_box_frame == "original" and self.detections is None else frame
+        return sparse, dense, frame, clip_boxes, det_scores
 
     def _mask_boxes(self, low_res: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
-        """Box (1024 frame) of each predicted mask (sigmoid > 0.5 on the 256² logits, ×4);
-        ``fallback`` K×4 where a mask is empty."""
+        """Box (1024 frame) of each predicted mask (sigmoid > 0.5 on the 256² logits, ×4, x2/y2
+        exclusive as mmdet's ``mask2bbox``); an empty mask gets its ``fallback`` row (K×4)."""
         boxes = mask_boxes(low_res[:, 0] > 0) * (self.sam.image_size / low_res.shape[-1])
         empty = (low_res[:, 0] > 0).flatten(1).sum(1) == 0
         return torch.where(empty[:, None], fallback.to(boxes.dtype), boxes)
+
+    def _empty_mask_fallback(self, sample: Sample, prompt_boxes: torch.Tensor) -> torch.Tensor:
+        """K×4 RoIs for empty predicted masks: zeros (official, ``empty_mask_roi=zero``), or the
+        prompt box / for points the whole image (``prompt``)."""
+        if self.empty_mask_roi == "zero":
+            return torch.zeros_like(prompt_boxes)
+        if self.prompt == "point" and self.detections is None:
+            h, w = self.sam.input_size(sample.size)
+            return prompt_boxes.new_tensor([[0.0, 0.0, w, h]]).expand(len(prompt_boxes), 4)
+        return prompt_boxes
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> list[Prediction]:
         predictions = []
         for sample in batch:
-            text = self.texts(sample.class_names)
-            prompts, det_scores = self._eval_prompts(sample)
-            n = next(iter(prompts.values())).shape[0]
-            if n == 0:
+            text = self.texts(sample.class_names, sample.meta.get("synonym_lists"))
+            sparse, dense, prompt_boxes, clip_boxes, det_scores = self._eval_prompts(sample)
+            if sparse is None:
                 predictions.append(self._empty_prediction(sample, det_scores is not None))
                 continue
-            embedding, stages, fpn = self.image_features(self.sam.preprocess(sample.image))
-            sparse, dense = self.sam.encode_prompts(sample.size, **prompts)
+            embedding, stages, fpn = self.image_features(eval_pixels(self.sam, sample.image, self.image_resize))
             low_res, token_out = self.decode(embedding, sparse, dense)
-            frame = self._frame_fallback(sample, prompts)
-            rois = torch.cat([frame.new_zeros(n, 1), self._mask_boxes(low_res, frame)], dim=1)
+            zeros = prompt_boxes.new_zeros(len(prompt_boxes), 1)
+            rois = torch.cat([zeros, self._mask_boxes(low_res, self._empty_mask_fallback(sample, prompt_boxes))], dim=1)
             q = self.class_logits(fpn, rois, token_out, text)
-            labels, scores = self._labels(q, stages[3], rois, text, sample)
+            clip_rois = torch.cat([zeros, rois[:, 1:] if self.clip_rois == "mask_box" else clip_boxes], dim=1)
+            labels, scores = self._labels(q, stages[3], clip_rois, text, sample, clip_valid(low_res, stages[3]))
             masks = self.sam.postprocess(low_res, sample.size)[:, 0] > self.sam.sam.mask_threshold
             predictions.append(self._prediction(sample, masks.cpu(), labels.cpu(), scores.float().cpu(), det_scores))
         return predictions
 
-    def _frame_fallback(self, sample: Sample, prompts: dict) -> torch.Tensor:
-        """K×4 fallback RoIs in the 1024 frame: the prompt box, or the whole image for points."""
-        if "boxes" in prompts:
-            return self.sam.transform.apply_boxes_torch(prompts["boxes"].to(self.sam.device, torch.float), sample.size)
-        h, w = self.sam.input_size(sample.size)
-        return torch.tensor([[0.0, 0.0, w, h]], device=self.sam.device).expand(prompts["points"].shape[0], 4)
-
-    def _labels(self, q: torch.Tensor, layer4: torch.Tensor, rois: torch.Tensor, text: torch.Tensor, sample: Sample):
-        """(labels K, scores K): argmax over the classes (never background) of the ensemble (or of q)."""
+    def _labels(self, q: torch.Tensor, layer4: torch.Tensor, clip_rois: torch.Tensor, text: torch.Tensor,
+                sample: Sample, valid: torch.Tensor | None = None):
+        """(labels K, scores K): argmax over the classes (never background) of the ensemble (or of
+        q). ``clip_rois`` K×5 feed the frozen-CLIP branch; rows with ``valid`` False keep q alone."""
         if not self.ensemble:
             probs = q.float().softmax(-1)[:, :-1]
         else:
-            clip_rois = rois
-            if self.clip_box_frame == "original":  # official: boxes left in original pixels
-                scale = self.sam.input_size(sample.size)[0] / sample.size[0]
-                clip_rois = torch.cat([rois[:, :1], rois[:, 1:] / scale], dim=1)
             novel = torch.as_tensor(sample.meta.get("novel") or [False] * (q.shape[1] - 1), dtype=torch.bool)
-            probs = geometric_ensemble(q, self.clip_logits(layer4, clip_rois, text), novel, self.alpha, self.beta)
+            probs = geometric_ensemble(q, self.clip_logits(layer4, clip_rois, text), novel, self.alpha, self.beta,
+                                       valid=valid)
         scores, labels = probs.max(dim=-1)
         return labels, scores
 

@@ -26,13 +26,19 @@ from sambench.errors import ConfigError
 from sambench.method import SambenchMethod
 from sambench.ovsam.classifier import cosine_logits
 from sambench.ovsam.losses import classification_loss
-from sambench.ovsam.prompting import EVAL_PROMPTS, DetectionBoxes, gt_prompts
+from sambench.ovsam.center_points import POINT_RULES
+from sambench.ovsam.prompting import EVAL_PROMPTS, DetectionBoxes, gt_prompts, official_point_prompts
 from sambench.ovsam.region_crops import mask_crops, mask_weights, pool_in_masks
 from sambench.ovsam.text_embeddings import class_synonyms
 from sambench.ovsam.vocabulary import TextEmbeddingBank
 from sambench.prompt_learning.coop import CoOpContext
 from sambench.registry import METHODS
 from sambench.structures import Batch, Prediction, Sample
+
+def _lists_key(synonym_lists: list[list[str]] | None) -> tuple | None:
+    """A hashable form of per-class synonym lists."""
+    return None if synonym_lists is None else tuple(tuple(names) for names in synonym_lists)
+
 
 #: Cosine-classifier scale (CLIP's trained logit scale, OV-SAM's exp(4.6052)).
 LOGIT_SCALE = 100.0
@@ -53,6 +59,7 @@ class SamClipCropBaseline(SambenchMethod):
         multimask_output: ask SAM for 3 masks and keep the best-scored one.
         detections / score_threshold / max_detections: the detector's boxes (``prompt=detections``).
         max_train_instances: GT instances per image per training step (largest first).
+        point_rule: ``prompt=point``: ``official`` (OV-SAM's official points, as ``ovsam``) | ``edt``.
         cache_dir: SAM-embedding / CLIP-feature / text-embedding cache (set by the composition root).
     """
 
@@ -62,13 +69,15 @@ class SamClipCropBaseline(SambenchMethod):
         self, *, sam, class_names: list[str] | None = None, clip: dict | None = None, prompt: str = "box",
         coop: bool = False, num_context: int = 16, multimask_output: bool = False, detections: str | None = None,
         score_threshold: float = 0.0, max_detections: int = 100, max_train_instances: int = 16,
-        cache_dir: str | None = None,
+        point_rule: str = "official", cache_dir: str | None = None,
     ):
         super().__init__()
         if prompt not in EVAL_PROMPTS:
             raise ConfigError(f"unknown method.prompt '{prompt}'; valid: {', '.join(EVAL_PROMPTS)}")
         if prompt == "detections" and not detections:
             raise ConfigError("method.prompt=detections needs method.detections=<COCO results json of a detector's boxes>")
+        if point_rule not in POINT_RULES:
+            raise ConfigError(f"unknown method.point_rule '{point_rule}'; valid: {', '.join(POINT_RULES)}")
         if num_context < 1 or max_train_instances < 1 or max_detections < 1:
             raise ConfigError(f"method.num_context, method.max_train_instances and method.max_detections must be >= 1 "
                               f"(got {num_context}, {max_train_instances}, {max_detections})")
@@ -76,10 +85,11 @@ class SamClipCropBaseline(SambenchMethod):
         self.clip = ClipBackbone(**{"cache_dir": cache_dir, **(clip or {"model": "RN50x16"})})
         self.class_names = list(class_names) if class_names else None
         self.prompt, self.multimask_output, self.max_train_instances = prompt, multimask_output, max_train_instances
+        self.point_rule = point_rule
         self.text_bank = TextEmbeddingBank(self.clip, cache_dir)
         self.coop = CoOpContext(self.clip, None, num_context) if coop else None
         self.detections = DetectionBoxes(detections, score_threshold, max_detections) if prompt == "detections" else None
-        self._eval_text: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}  # (vocabulary, device)
+        self._eval_text: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (vocabulary, device)
 
     def train(self, mode: bool = True) -> "SamClipCropBaseline":
         """Only the CoOp context trains: SAM stays in eval mode (CLIP always does)."""
@@ -100,23 +110,32 @@ class SamClipCropBaseline(SambenchMethod):
                               "given none (open-vocabulary datasets name their vocabulary)")
         return list(names)
 
-    def class_embeddings(self, class_names: list[str]) -> torch.Tensor:
+    @staticmethod
+    def synonym_lists(sample: Sample) -> list[list[str]] | None:
+        """The sample's per-class synonym lists (``dataset.class_names_file``), or None (split the names)."""
+        lists = sample.meta.get("synonym_lists") if sample.class_names else None
+        return None if lists is None else [list(names) for names in lists]
+
+    def class_embeddings(self, class_names: list[str], synonym_lists: list[list[str]] | None = None) -> torch.Tensor:
         """C×P×D text embeddings: CoOp context + the class's first synonym (P = 1; through the text
         encoder, differentiable) or the cached ViLD-template embeddings with synonyms."""
         if self.coop is None:
-            return self.text_bank(class_names)
-        names = [class_synonyms(name)[0] for name in class_names]
+            return self.text_bank(class_names, synonym_lists)
+        if synonym_lists is not None:
+            names = [names[0] for names in synonym_lists]
+        else:
+            names = [class_synonyms(name)[0] for name in class_names]
         return self.coop.encode(self.clip, names)[:, None]
 
-    def _frozen_class_embeddings(self, class_names: list[str]) -> torch.Tensor:
+    def _frozen_class_embeddings(self, class_names: list[str], synonym_lists: list[list[str]] | None = None) -> torch.Tensor:
         """Evaluation: CoOp embeddings computed once per vocabulary while the context is unchanged."""
         if self.coop is None:
-            return self.text_bank(class_names)
+            return self.text_bank(class_names, synonym_lists)
         context = self.coop.context.detach()
-        key = (*class_names, str(context.device))
+        key = (tuple(class_names), _lists_key(synonym_lists), str(context.device))
         cached = self._eval_text.get(key)
         if cached is None or not torch.equal(cached[0], context):
-            cached = (context.clone(), self.class_embeddings(class_names).detach())
+            cached = (context.clone(), self.class_embeddings(class_names, synonym_lists).detach())
             self._eval_text[key] = cached
         return cached[1]
 
@@ -141,29 +160,32 @@ class SamClipCropBaseline(SambenchMethod):
         if self.coop is None:
             return super().training_step(batch)
         embeddings = self.sam.embed_images([sample.image for sample in batch])
-        groups: dict[tuple[str, ...], tuple[list, list]] = {}
+        groups: dict[tuple, tuple[list, list]] = {}  # (names, synonym lists) -> (regions, labels)
         for sample, embedding in zip(batch, embeddings):
             if sample.num_instances == 0:
                 continue
             keep = torch.argsort(sample.masks.flatten(1).sum(1), descending=True, stable=True)[: self.max_train_instances]
             prompts = {key: value[keep] for key, value in gt_prompts(sample, "box").items()}
             _, regions = self._regions(sample, embedding[None], prompts)
-            regions_list, labels = groups.setdefault(tuple(self.vocabulary(sample)), ([], []))
+            vocabulary = (tuple(self.vocabulary(sample)), _lists_key(self.synonym_lists(sample)))
+            regions_list, labels = groups.setdefault(vocabulary, ([], []))
             regions_list.append(regions)
             labels.append(sample.class_ids[keep])
         total, count = self.coop.context.sum() * 0.0, 0
-        for vocabulary, (regions, labels) in groups.items():
+        for (vocabulary, lists), (regions, labels) in groups.items():
             labels = torch.cat(labels).to(self.clip.device)
-            logits = cosine_logits(torch.cat(regions), self.class_embeddings(list(vocabulary)), LOGIT_SCALE)
+            text = self.class_embeddings(list(vocabulary), None if lists is None else [list(n) for n in lists])
+            logits = cosine_logits(torch.cat(regions), text, LOGIT_SCALE)
             total = total + classification_loss(logits, labels) * len(labels)
             count += len(labels)
         return {"loss_ce": total / max(count, 1)}
 
     # ----- prediction -------------------------------------------------------------------------
-    def classify(self, regions: torch.Tensor, class_names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def classify(self, regions: torch.Tensor, class_names: list[str],
+                 synonym_lists: list[list[str]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Regions K×D -> (labels K long over the real classes only, their softmax probability K
         over classes + background)."""
-        logits = cosine_logits(regions, self._frozen_class_embeddings(class_names), LOGIT_SCALE).float()
+        logits = cosine_logits(regions, self._frozen_class_embeddings(class_names, synonym_lists), LOGIT_SCALE).float()
         labels = logits[:, :-1].argmax(dim=1)
         return labels, logits.softmax(dim=1).gather(1, labels[:, None])[:, 0]
 
@@ -179,8 +201,12 @@ class SamClipCropBaseline(SambenchMethod):
             h, w = sample.size
             return Prediction(index=sample.index, masks=torch.zeros(0, h, w, dtype=torch.bool),
                               class_ids=torch.zeros(0, dtype=torch.long), scores=torch.zeros(0))
-        masks, regions = self._regions(sample, embedding, gt_prompts(sample, self.prompt))
-        labels, scores = self.classify(regions, self.vocabulary(sample))
+        if self.prompt == "point" and self.point_rule == "official":  # the same points as OV-SAM's * rows
+            prompts = official_point_prompts(sample, self.sam.input_size(sample.size))
+        else:
+            prompts = gt_prompts(sample, self.prompt)
+        masks, regions = self._regions(sample, embedding, prompts)
+        labels, scores = self.classify(regions, self.vocabulary(sample), self.synonym_lists(sample))
         return Prediction(index=sample.index, masks=masks.cpu(), class_ids=labels.cpu(), scores=scores.cpu())
 
     def _predict_detections(self, sample: Sample, embedding: torch.Tensor) -> Prediction:
@@ -189,7 +215,7 @@ class SamClipCropBaseline(SambenchMethod):
         detections = []
         if len(boxes):
             masks, regions = self._regions(sample, embedding, {"boxes": boxes})
-            labels, scores = self.classify(regions, self.vocabulary(sample))
+            labels, scores = self.classify(regions, self.vocabulary(sample), self.synonym_lists(sample))
             for box, box_score, label, score, mask in zip(boxes.tolist(), box_scores.tolist(), labels.tolist(),
                                                           scores.tolist(), masks.cpu()):
                 detections.append({"bbox": box, "score": box_score * score, "class_id": label, "mask": mask})

@@ -150,7 +150,8 @@ class PerSAM(SambenchMethod):
         t = concept.target_embedding if self.semantic_prompt else None
         attn_sim = guidance(sim) if self.guided_attention else None
         fn = PerSAMTransformer(t, attn_sim, self.guidance_alpha) if (t is not None or attn_sim is not None) else None
-        logits, _, low = self.sam.predict(embedding, size, points, labels, multimask_output=False, transformer_fn=fn)
+        logits, _, low = self.sam.predict(embedding, size, points, labels, multimask_output=False, transformer_fn=fn,
+                                          float64_coords=True)
         return self.refine(embedding, size, points, labels, logits[0, 0], low[0, 0], box_first=False)
 
     def refine(self, embedding, size, points, labels, logits, low, box_first: bool) -> tuple[torch.Tensor, int]:
@@ -163,7 +164,8 @@ class PerSAM(SambenchMethod):
             box = mask_box(mask) if wants_box else None
             fallbacks += int(wants_box and box is None)
             logits_m, iou, low_m = self.sam.predict(embedding, size, points, labels, boxes=box,
-                                                    mask_inputs=low[None, None], multimask_output=True)
+                                                    mask_inputs=low[None, None], multimask_output=True,
+                                                    float64_coords=True)
             best = int(iou[0].argmax())
             mask, low = logits_m[0, best] > self.sam.sam.mask_threshold, low_m[0, best]
         return mask, fallbacks
@@ -222,7 +224,7 @@ class PerSAMF(PerSAM):
         @torch.no_grad()
         def decoder_maps() -> list[torch.Tensor]:
             """The frozen decoder's 3×H×W full-resolution logits on every reference."""
-            return [self.sam.predict(emb[None], size, points, labels, multimask_output=True)[0][0]
+            return [self.sam.predict(emb[None], size, points, labels, multimask_output=True, float64_coords=True)[0][0]
                     for emb, (size, points, labels) in zip(embeddings, prompts)]
 
         fitted = fit_scale_weights(decoder_maps() if self.precompute_decoder else decoder_maps, targets,
@@ -243,6 +245,6 @@ class PerSAMF(PerSAM):
     def segment(self, concept, embedding, size, sim, negative_from) -> tuple[torch.Tensor, int]:
         """Weighted mix of the 3 outputs from the positive point, then two box refinements."""
         points, labels = self.prompts(sim, negative_from)
-        logits, _, low = self.sam.predict(embedding, size, points, labels, multimask_output=True)
+        logits, _, low = self.sam.predict(embedding, size, points, labels, multimask_output=True, float64_coords=True)
         weights = concept.scale_weights
         return self.refine(embedding, size, points, labels, weights(logits[0]), weights(low[0]), box_first=True)

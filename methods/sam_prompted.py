@@ -2,7 +2,8 @@
 
 Zero-shot (``finetune=none``) or with the mask decoder fine-tuned by Dice + BCE
 (``finetune=decoder``); the image encoder and prompt encoder stay frozen, so image embeddings
-come from the embedding cache. Evaluated by per-instance mean IoU.
+come from the embedding cache. Evaluated by per-instance mean IoU. Input path = that of
+``SamPredictor.predict`` (prompts scaled to the 1024 frame in float64): ``methods/sam_prompted.md``.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ class SamPrompted(SambenchMethod):
         prompts = self.prompts(sample)
         if keep is not None:
             prompts = {k: v[keep] for k, v in prompts.items()}
-        logits, iou, _ = self.sam.predict(embedding, sample.size, multimask_output=self.multimask_output, **prompts)
+        logits, iou, _ = self.sam.predict(embedding, sample.size, multimask_output=self.multimask_output,
+                                          float64_coords=True, **prompts)  # scaled as SamPredictor.predict
         best = iou.argmax(dim=1)
         rows = torch.arange(len(best), device=best.device)
         return logits[rows, best], iou[rows, best]

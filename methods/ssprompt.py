@@ -4,8 +4,9 @@ Per image (``methods/ssprompt.md``; the base model is sambench's design, the pap
 SAM image embedding (frozen, cached) + Q spatial prompt embeddings -> Q masks (SAM's decoder,
 single-mask output, 256² low-res frame); each mask pools CLIP dense features (frozen, cached)
 and is classified against the C semantic prompt embeddings; per-pixel class scores
-``Σ_q p_q(c) σ(m_q)``; training: cross-entropy on the class-normalised scores; prediction:
-argmax at the original size.
+``Σ_q p_q(c) σ(m_q)``; training: cross-entropy on the class-normalised scores against the labels
+brought into the 256² frame; prediction: the scores sampled bilinearly at the original pixel
+centres, argmax (exact frame geometry: :mod:`sambench.prompt_learning.frames`).
 
 Registered names (which prompts learn; ``fusion`` picks the ablation for the learnt side):
 ``ssprompt`` (both), ``spaprompt`` (spatial), ``semprompt`` (semantic), ``zero_shot_prompts``
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sambench.backbones.clip import ClipBackbone
 from sambench.data.base import SEMANTIC_FEW_SHOT
@@ -25,6 +25,7 @@ from sambench.errors import ConfigError
 from sambench.method import SambenchMethod
 from sambench.prompt_learning.coop import CoOpContext
 from sambench.prompt_learning.defaults import semantic_defaults, spatial_defaults
+from sambench.prompt_learning.frames import labels_to_low_res, low_res_to_image
 from sambench.prompt_learning.fusion import PromptFusion
 from sambench.prompt_learning.mask_classifier import class_probabilities, pooled_mask_features, semantic_loss, semantic_scores
 from sambench.registry import METHODS
@@ -87,17 +88,11 @@ class PromptLearningSegmenter(SambenchMethod):
                                             float(self.clip.clip.logit_scale.exp()))
         return semantic_scores(probabilities, masks)
 
-    def _frame(self, size: tuple[int, int]) -> tuple[int, int]:
-        """(h, w) of the image region in the 256² low-res frame."""
-        h, w = self.sam.input_size(size)
-        return h // 4, w // 4
-
     def _target(self, semantic: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """H×W labels -> 256×256 labels in the low-res frame (nearest; padding = 255)."""
-        h, w = self._frame(size)
-        resized = F.interpolate(semantic[None, None].float(), size=(h, w), mode="nearest")[0, 0].long()
+        """H×W labels -> 256×256 labels in SAM's low-res frame (centre-aligned nearest; cells whose
+        centre is in the padding = 255; :func:`labels_to_low_res`)."""
         frame = self.sam.image_size // 4
-        return F.pad(resized, (0, frame - w, 0, frame - h), value=IGNORE)
+        return labels_to_low_res(semantic, self.sam.input_size(size), self.sam.image_size, frame, IGNORE)
 
     def _augment(self, sample: Sample) -> tuple[np.ndarray, torch.Tensor]:
         if self.flip > 0 and float(torch.rand(())) < self.flip:
@@ -120,9 +115,8 @@ class PromptLearningSegmenter(SambenchMethod):
         embeddings, features = self.sam.embed_images(images), self.clip.dense_features(images)
         predictions = []
         for sample, embedding, feature in zip(batch, embeddings, features):
-            h, w = self._frame(sample.size)
-            scores = self.scores(embedding[None], feature)[:, :h, :w]
-            full = F.interpolate(scores[None].float(), size=sample.size, mode="bilinear", align_corners=False)[0]
+            scores = self.scores(embedding[None], feature).float()  # C×256×256
+            full = low_res_to_image(scores, self.sam.input_size(sample.size), sample.size, self.sam.image_size)
             predictions.append(Prediction(index=sample.index, semantic=full.argmax(0).cpu()))
         return predictions
 

@@ -19,3 +19,7 @@ class CheckpointError(SambenchError):
 
 class DatasetError(SambenchError):
     """A dataset root, annotation file or image that is missing or unreadable."""
+
+
+class OutputError(SambenchError):
+    """A result that cannot be written (disk full, read-only or missing folder): names the file."""

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sambench.files import write_failure
+
 # 20 well-separated RGB colours; instance i gets PALETTE[i % 20].
 PALETTE = np.array(
     [
@@ -59,11 +61,14 @@ def save_png_atomic(path: Path, array: np.ndarray) -> None:
     Parent folders are created; a reader never sees a half-written file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temp_path = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # umask-respecting mode
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.asarray(array)).save(temp_path, format="PNG")
         os.replace(temp_path, path)
+    except OSError as exc:  # disk full, read-only folder
+        temp_path.unlink(missing_ok=True)
+        raise write_failure(path, np.asarray(array).nbytes, exc, kept=path.exists()) from None
     except BaseException:
         temp_path.unlink(missing_ok=True)
         raise

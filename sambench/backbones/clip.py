@@ -18,13 +18,8 @@ import functools
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIPTextCfg, CLIPVisionCfg
-from open_clip.modified_resnet import ModifiedResNet
-from open_clip.tokenizer import SimpleTokenizer
-from open_clip.transformer import VisionTransformer
 from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
@@ -68,6 +63,9 @@ class ClipBackbone(nn.Module):
             self._load(checkpoint, model)
         elif not allow_random_init:
             raise CheckpointError(f"method.clip.checkpoint is not set for CLIP {model}: {DOWNLOAD_HINT}")
+        from open_clip.tokenizer import SimpleTokenizer
+        from open_clip.transformer import VisionTransformer
+
         self.is_vit = isinstance(self.clip.visual, VisionTransformer)
         patch = self.clip.visual.conv1.kernel_size[0] if self.is_vit else 32
         if self.is_vit and dense_size % patch:
@@ -83,6 +81,9 @@ class ClipBackbone(nn.Module):
 
     @staticmethod
     def _build(model: str) -> nn.Module:
+        import open_clip  # here, not at import: a CLI run without CLIP skips ~1 s
+        from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
         if model in PRESETS:
             preset = PRESETS[model]
             return open_clip.CLIP(embed_dim=preset["embed_dim"], vision_cfg=CLIPVisionCfg(**preset["vision_cfg"]),
@@ -167,6 +168,8 @@ class ClipBackbone(nn.Module):
     def stage_features(self, pixels: torch.Tensor) -> list[torch.Tensor]:
         """ResNet CLIP: B×3×S×S -> the outputs of layer1..layer4 (strides 4, 8, 16, 32; RN50x16:
         384, 768, 1536, 3072 channels)."""
+        from open_clip.modified_resnet import ModifiedResNet
+
         visual = self.clip.visual
         if not isinstance(visual, ModifiedResNet):
             raise ConfigError(f"CLIP {self.name}: stage features need a ResNet image tower (RN50, RN50x16, ...)")

@@ -121,16 +121,32 @@ class SamBackbone(nn.Module):
         point_labels: torch.Tensor | None = None,
         boxes: torch.Tensor | None = None,
         mask_inputs: torch.Tensor | None = None,
+        float64_coords: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts in original pixels (points N×P×2 + labels N×P, boxes N×4 xyxy, mask_inputs
-        N×1×256×256 logits) -> sparse N×T×256 and dense N×256×64×64 embeddings."""
+        N×1×256×256 logits) -> sparse N×T×256 and dense N×256×64×64 embeddings.
+
+        Coordinates are scaled by (new_w / w, new_h / h) into the 1024 frame (the prompt encoder
+        adds the half-pixel shift). ``float64_coords``: scale in float64, then round to float32,
+        as ``SamPredictor.predict`` does (numpy ``apply_coords``); False: in float32, as
+        ``predict_torch`` with ``apply_coords_torch``. The two differ by at most one float32 ulp
+        (6.1e-5 px at 1024) on some coordinates.
+        """
         point_pair = None
         if points is not None:
-            coords = self.transform.apply_coords_torch(points.to(self.device, torch.float), original_size)
-            point_pair = (coords, point_labels.to(self.device))
+            point_pair = (self.scale_coords(points, original_size, float64_coords), point_labels.to(self.device))
         if boxes is not None:
-            boxes = self.transform.apply_boxes_torch(boxes.to(self.device, torch.float), original_size)
+            boxes = self.scale_coords(boxes.reshape(-1, 2, 2), original_size, float64_coords).reshape(-1, 4)
         return self.sam.prompt_encoder(points=point_pair, boxes=boxes, masks=mask_inputs)
+
+    def scale_coords(self, coords: torch.Tensor, original_size: tuple[int, int], float64: bool = False) -> torch.Tensor:
+        """(x, y) coordinates …×2 in original pixels -> float32 …×2 in the 1024 frame."""
+        if not float64:
+            return self.transform.apply_coords_torch(coords.to(self.device, torch.float), original_size)
+        h, w = original_size
+        new_h, new_w = self.input_size(original_size)
+        scale = torch.tensor([new_w / w, new_h / h], dtype=torch.float64, device=self.device)
+        return (coords.to(self.device, torch.float64) * scale).float()
 
     def decode(
         self,
@@ -163,12 +179,14 @@ class SamBackbone(nn.Module):
         mask_inputs: torch.Tensor | None = None,
         multimask_output: bool = False,
         transformer_fn: TransformerFn | None = None,
+        float64_coords: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Differentiable ``SamPredictor.predict_torch`` for N prompts on one image.
+        """Differentiable ``SamPredictor.predict_torch`` for N prompts on one image
+        (``float64_coords``: prompts scaled as ``SamPredictor.predict``, see :meth:`encode_prompts`).
 
         Returns: logits N×M×H×W (threshold at ``sam.mask_threshold`` = 0), IoU N×M,
         low-res logits N×M×256×256.
         """
-        sparse, dense = self.encode_prompts(original_size, points, point_labels, boxes, mask_inputs)
+        sparse, dense = self.encode_prompts(original_size, points, point_labels, boxes, mask_inputs, float64_coords)
         low_res, iou = self.decode(embedding, sparse, dense, multimask_output, transformer_fn)
         return self.postprocess(low_res, original_size), iou, low_res

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import Tokenizer
 from tokenizers.implementations import BertWordPieceTokenizer
 from torch import nn
-from transformers import BertConfig, BertModel
 
 from sambench.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    from transformers import BertModel
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 #: Whole words of the tiny vocabulary (everything else falls back to characters).
@@ -119,6 +122,8 @@ class BertTextEncoder(nn.Module):
 
     @staticmethod
     def _load(path: str | None, size: str, tiny: dict, init_seed: int) -> BertModel:
+        from transformers import BertConfig, BertModel  # here, not at import: a CLI run without BERT skips ~3 s
+
         if path is None:
             if size == "bert-base":
                 config = BertConfig(**BERT_BASE)

@@ -18,8 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from sambench import REPO_ROOT, __version__
 from sambench.backbones.sam import SamBackbone
+from sambench.cli.config_types import FLAGS, check_flags, check_section, check_trainer
 from sambench.engine import dist
-from sambench.errors import ConfigError
+from sambench.data.base import DEFAULT_MAX_IMAGE_PIXELS, set_max_image_pixels
+from sambench.errors import ConfigError, DatasetError
 from sambench.files import write_json_atomic, write_text_atomic
 from sambench.registry import DATASETS, EVALUATORS, METHODS, check_pairing, lookup
 
@@ -38,10 +40,15 @@ def plain(node) -> dict:
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Compose-time checks before anything is built: names exist and fit together."""
-    lookup(METHODS, cfg.method.name)
-    lookup(DATASETS, cfg.dataset.name)
+    """Compose-time checks before anything is built: names exist and fit together, and every
+    value has the type (and range) its constructor expects."""
+    method, dataset = lookup(METHODS, cfg.method.name), lookup(DATASETS, cfg.dataset.name)
     check_pairing(cfg.method.name, cfg.dataset.name)
+    check_flags({key: cfg.get(key) for key in FLAGS if key in cfg})
+    check_trainer(plain(cfg.trainer))
+    check_section("method", method, plain(cfg.method), ignore=("name",))
+    check_section("dataset", dataset, plain(cfg.dataset), ignore=("name",))
+    check_section("backbone", SamBackbone, plain(cfg.backbone))
 
 
 def seed_everything(seed: int) -> None:
@@ -84,7 +91,13 @@ def build_dataset(cfg: DictConfig, split: str, run_dir: Path | None = None):
         kwargs["eval_split"] = cfg.split
     if _accepts(cls, "run_dir"):
         kwargs["run_dir"] = run_dir
-    return cls(split=split, **kwargs)
+    set_max_image_pixels(cfg.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
+    dataset = cls(split=split, **kwargs)
+    if len(dataset) == 0:  # a safety net: adapters say which file and why where they can
+        where = getattr(dataset, "ann_path", None) or getattr(dataset, "root", None) or kwargs.get("root")
+        purpose = "train on" if split == "train" else "evaluate"
+        raise DatasetError(f"dataset '{name}' has no {split} samples (read from {where}); nothing to {purpose}")
+    return dataset
 
 
 def build_evaluator(method, dataset, run_dir: Path | None = None):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -22,6 +23,7 @@ from sambench.logging import build_run_logger
 from sambench.logging.console import setup_console_logging
 
 log = logging.getLogger("sambench")
+PARTIAL_PREDICTIONS = "predictions.incomplete"  # where predictions go until the evaluation succeeds
 
 
 def _start(cfg: DictConfig, job: str):
@@ -30,7 +32,7 @@ def _start(cfg: DictConfig, job: str):
     check_precision(cfg.trainer.precision)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     setup_console_logging(rank=dist.rank(), log_file=run_dir / f"{job}.log" if dist.is_main() else None)
-    device = dist.init_distributed(cfg.trainer.device)
+    device = dist.init_distributed(cfg.trainer.device, cfg.trainer.collective_timeout)
     write_run_files(cfg, run_dir)
     log.info("run folder: %s (%d rank%s, %s)", run_dir, dist.world_size(), "s" * (dist.world_size() > 1), device)
     seed_everything(cfg.trainer.seed)
@@ -56,6 +58,7 @@ def train(cfg: DictConfig) -> dict:
              len(eval_set), sum(p.numel() for p in method.trainable_parameters().values()))
     trainer_kwargs = plain(cfg.trainer)
     trainer_kwargs.pop("device")
+    trainer_kwargs.pop("collective_timeout", None)
     trainer = Trainer(method=method, train_set=train_set, eval_set=eval_set,
                       evaluator=build_evaluator(method, eval_set, run_dir), run_dir=run_dir, device=device,
                       run_logger=run_logger, **trainer_kwargs)
@@ -77,19 +80,35 @@ def evaluate_job(cfg: DictConfig) -> dict:
         load_trainable(params, weights, path)
         log.info("loaded %s (step %s%s)", path, state.get("step"), ", EMA weights" if cfg.use_ema and ema else "")
     loader = eval_loader(eval_set, batch_size=cfg.trainer.eval_batch_size, num_workers=cfg.trainer.num_workers)
+    partial = run_dir / PARTIAL_PREDICTIONS
+    if cfg.save_predictions:
+        if dist.is_main():
+            shutil.rmtree(partial, ignore_errors=True)  # left by an evaluation that failed
+        dist.barrier("the start of the evaluation")
     metrics, overlays = evaluate(
         method, loader, build_evaluator(method, eval_set, run_dir), device=device, precision=cfg.trainer.precision,
-        predictions_dir=run_dir / "predictions" if cfg.save_predictions else None,
+        predictions_dir=partial if cfg.save_predictions else None,
         overlays_dir=run_dir / "vis" if cfg.save_overlays else None,
         num_overlays=getattr(run_logger, "num_overlays", 0),
     )
     if cfg.save_predictions and dist.is_main():  # every rank has written its files: the gather in compute() waited
-        merge_label_files(run_dir / "predictions")
+        publish_predictions(partial, run_dir / "predictions")
     run_logger.log_metrics({k: v for k, v in metrics.items() if not isinstance(v, dict)}, 0, prefix="eval/")
     if overlays:
         run_logger.log_overlays(overlays, 0, key="eval/overlays")
     _finish(run_dir, metrics, run_logger)
     return metrics
+
+
+def publish_predictions(partial: Path, final: Path) -> None:
+    """Rank 0 after a successful evaluation: merge label fragments, then move the folder into
+    place (an earlier ``predictions/`` of this run folder is replaced). A failed evaluation
+    leaves only ``predictions.incomplete/``."""
+    partial.mkdir(parents=True, exist_ok=True)  # an evaluation without any mask still publishes
+    merge_label_files(partial)
+    if final.exists():
+        shutil.rmtree(final)
+    partial.rename(final)
 
 
 def _finish(run_dir: Path, metrics: dict, run_logger) -> None:
@@ -98,4 +117,4 @@ def _finish(run_dir: Path, metrics: dict, run_logger) -> None:
         summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
         log.info("metrics: %s -> %s", summary, run_dir / "metrics.json")
     run_logger.finish()
-    dist.barrier()
+    dist.barrier("the end of the run (rank 0 writes metrics.json)")

@@ -17,6 +17,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from sambench import CONFIG_DIR, REPO_ROOT
+from sambench.cli.build import check_config
 from sambench.engine import dist
 from sambench.errors import ConfigError, SambenchError
 from sambench.registry import closest
@@ -52,6 +53,45 @@ def check_group_choices(argv: list[str]) -> None:
             raise ConfigError(f"unknown {key} '{value}'{closest(value, valid)}; valid: {', '.join(valid)}")
 
 
+def seconds(value) -> float:
+    if value is None:
+        return dist.DEFAULT_TIMEOUT_S
+    try:
+        timeout = float(value)
+    except (TypeError, ValueError):
+        timeout = -1.0
+    if not timeout > 0:
+        raise ConfigError(f"trainer.collective_timeout={value!r}: expected a number of seconds > 0")
+    return timeout
+
+
+def argv_value(argv: list[str], key: str, default: str | None) -> str | None:
+    """The value of a ``key=value`` override (needed before Hydra composes: process-group set-up)."""
+    return next((a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith(f"{key}=")), default)
+
+
+def check_overrides(config_name: str, argv: list[str]) -> dict:
+    """Compose once before Hydra does, so its own errors (override syntax, keys not in the
+    config, missing defaults) become one ``error:`` line and exit 2 like every user error.
+    Then the typed checks of :func:`check_config`. Returns the composed ``trainer`` section (the process group needs its device and timeout
+    before Hydra runs). Command lines with flags (``-m``, ``--cfg``, ``--help``) are left to
+    Hydra (then only ``key=value`` arguments are read)."""
+    if any(arg.startswith("-") for arg in argv):
+        return {key: argv_value(argv, f"trainer.{key}", None) for key in ("device", "collective_timeout")}
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name, overrides=argv, return_hydra_config=True)
+        check_config(cfg)  # before Hydra makes the run folder: a bad value leaves nothing behind
+        return {key: cfg.trainer.get(key) for key in ("device", "collective_timeout")}
+    except (HydraException, OmegaConfBaseException) as exc:  # also a value that cannot be resolved
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.startswith("    ")]
+        raise ConfigError(" ".join(lines[:3]) or type(exc).__name__) from None
+
+
 def user_error_line(exc: BaseException) -> str:
     """One line for a user error (DataLoader workers wrap messages in their traceback)."""
     text = str(exc).strip()
@@ -74,8 +114,8 @@ def launch(job: Callable[[DictConfig], object], config_name: str) -> None:
             raise ConfigError("--multirun cannot run under torchrun (each rank would start its own sweep); "
                               "launch one torchrun per configuration instead")
         check_group_choices(argv)
-        device = next((a.split("=", 1)[1] for a in argv if a.startswith("trainer.device=")), "auto")
-        dist.init_distributed(device)
+        trainer = check_overrides(config_name, argv)
+        dist.init_distributed(trainer["device"] or "auto", seconds(trainer["collective_timeout"]))
         _stamp["value"] = dist.broadcast_object(_stamp_resolver())
     except SambenchError as exc:
         if traceback:

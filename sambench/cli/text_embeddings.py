@@ -1,7 +1,8 @@
 """``tools/prepare_text_embeddings.py``: compute and cache the class text embeddings (14 ViLD
 templates × synonyms) of a method's CLIP for every vocabulary of a dataset (training and
 evaluation splits), so a multi-GPU run starts with them on disk. Methods generate missing ones
-themselves; this only does it ahead of time (e.g. on a login node)."""
+themselves; this only does it ahead of time (e.g. on a login node). A dataset's
+``class_names_file`` (per-class synonym lists) is used, and is part of the cache key, as in the methods."""
 
 from __future__ import annotations
 
@@ -32,16 +33,17 @@ def prepare_text_embeddings(cfg: DictConfig) -> dict:
     vocabularies = {}
     for split in ("train", "eval"):
         try:
-            vocabularies[split] = list(build_dataset(cfg, split, run_dir).class_names)
+            dataset = build_dataset(cfg, split, run_dir)
+            vocabularies[split] = (list(dataset.class_names), getattr(dataset, "synonym_lists", None))
         except DatasetError as exc:  # e.g. only the validation annotations are on disk
             log.warning("%s split skipped: %s", split, exc)
     if not vocabularies:
         raise DatasetError(f"dataset '{cfg.dataset.name}': neither split could be read (see the warnings above)")
     bank = TextEmbeddingBank(ClipBackbone(**plain(cfg.method.clip)), cfg.cache.dir)
     summary = {}
-    for split, names in vocabularies.items():
-        embeddings = bank(names)
-        file = bank.cache_file(names)
+    for split, (names, synonym_lists) in vocabularies.items():
+        embeddings = bank(names, synonym_lists)
+        file = bank.cache_file(names, synonym_lists)
         summary[split] = {"classes": len(names), "shape": list(embeddings.shape), "file": str(file)}
         log.info("%s: %d classes -> %s %s", split, len(names), tuple(embeddings.shape), file)
     write_json_atomic(run_dir / "text_embeddings.json", summary)

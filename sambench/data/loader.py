@@ -1,7 +1,16 @@
-"""Data loaders: one sharded sampler for 1..N ranks, resumable mid-epoch."""
+"""Data loaders: one sharded sampler for 1..N ranks, resumable mid-epoch.
+
+Each loader owns a ``torch.Generator``: starting an iterator draws its worker base seed from
+it, never from torch's global RNG, which methods use for augmentation and the engine stores in
+checkpoints (an extra global draw at the resume step would make a resumed run diverge).
+The training loader's generator is re-seeded per epoch (:func:`start_epoch`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from sambench.engine.dist import rank, world_size
@@ -29,11 +38,21 @@ def train_loader(dataset: Dataset, *, batch_size: int, seed: int, num_workers: i
     sampler = ResumableSampler(dataset, shuffle=True, seed=seed, drop_last=True)
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-        collate_fn=collate, drop_last=True, persistent_workers=False,
+        collate_fn=collate, drop_last=True, persistent_workers=False, generator=torch.Generator(),
     )
+
+
+def start_epoch(loader: DataLoader, *, seed: int, epoch: int, skip_batches: int) -> Iterator:
+    """A training iterator for ``epoch`` that skips its first ``skip_batches`` batches: the same
+    shuffle and the same worker seeds whether the epoch starts fresh or at a resume."""
+    loader.sampler.set_epoch(epoch)
+    loader.sampler.skip = skip_batches * loader.batch_size
+    loader.generator.manual_seed(seed * 100_003 + epoch)
+    return iter(loader)
 
 
 def eval_loader(dataset: Dataset, *, batch_size: int, num_workers: int) -> DataLoader:
     """In order, sharded, padded by the sampler (evaluators drop the padding by index)."""
     sampler = ResumableSampler(dataset, shuffle=False, seed=0, drop_last=False)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=collate,
+                      generator=torch.Generator().manual_seed(0))

@@ -6,17 +6,21 @@ A dataset built on :class:`OpenVocabInstanceDataset` exposes
 - ``class_names``: the vocabulary of the split, contiguous (class id = index);
 - ``category_ids``: class id -> original category id of the annotation file;
 - ``novel``: one bool per class (True = novel / unseen in training);
-- ``ann_file_path``: absolute path of the ground-truth json (for AP evaluation).
+- ``ann_file_path``: absolute path of the ground-truth json (for AP evaluation);
+- ``synonym_lists``: with ``dataset.class_names_file``, one list of prompt names per class
+  (what the text embeddings are built from, :func:`read_class_names_file`); None otherwise (the
+  names are split into synonyms by :func:`synonyms`). Samples carry it as ``meta["synonym_lists"]``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Iterable
 
-from sambench.data.base import OPEN_VOCAB_INSTANCE, SambenchDataset, read_image
-from sambench.data.coco_format import bbox_problem, instance_tensors, segmentation_problem
+from sambench.data.base import OPEN_VOCAB_INSTANCE, SambenchDataset
+from sambench.data.coco_format import bbox_problem, instance_tensors, read_coco_image, segmentation_problem
 from sambench.errors import ConfigError, DatasetError
 from sambench.structures import Sample
 
@@ -37,6 +41,53 @@ def synonyms(name: str) -> list[str]:
     ``'car_(automobile)'`` -> ``['car (automobile)']``)."""
     text = name.replace("_or_", ",").replace("/", ",").replace("_", " ").lower()
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def read_class_names_file(path: str | Path, categories: list[dict[str, Any]], ann_path: Path) -> dict[int, list[str]]:
+    """A class-names file -> {category id: synonyms}, checked strictly against the annotation
+    file's ``categories``.
+
+    The file is a JSON object mapping a category (its id as a string, e.g. ``"1"``, or its exact
+    ``name``) to a non-empty list of non-empty strings, the class's synonyms, used verbatim (one
+    text prompt per synonym and template); optionally nested as ``{"classes": {...}}`` beside
+    other keys (e.g. ``"source"``). Every key must name one category of ``ann_path``, and no
+    category may be named twice; categories the file leaves out are reported by the caller.
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"dataset.class_names_file: file not found: {file} (a JSON object: category id or name -> "
+                          "list of synonyms; tools/make_class_names.py writes the official ones)")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"cannot read class-names file {file}: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("classes"), dict):
+        data = data["classes"]
+    if not isinstance(data, dict) or not data:
+        raise DatasetError(f"class-names file {file}: expected a non-empty JSON object (category id or name -> list "
+                           f"of synonyms), got {type(data).__name__}")
+    by_id = {str(c["id"]): c["id"] for c in categories}
+    by_name = {str(c["name"]): c["id"] for c in categories}
+    out: dict[int, list[str]] = {}
+    for key, value in data.items():
+        cat_id = by_id.get(key, by_name.get(key))
+        if cat_id is None:
+            raise DatasetError(f"class-names file {file}: entry {key!r} is neither a category id nor a category name "
+                               f"of {ann_path}")
+        if cat_id in out:
+            raise DatasetError(f"class-names file {file}: category {cat_id} ({_category_name(categories, cat_id)!r}) is "
+                               f"named twice (entry {key!r})")
+        if not isinstance(value, list) or not value or \
+                not all(isinstance(name, str) and name.strip() for name in value):
+            raise DatasetError(f"class-names file {file}: entry {key!r} must be a non-empty list of non-empty "
+                               f"strings, got {value!r}"[:300])
+        out[cat_id] = [name.strip() for name in value]
+    return out
+
+
+def _category_name(categories: list[dict[str, Any]], cat_id: int) -> str:
+    """The name of category ``cat_id``."""
+    return next(str(c["name"]) for c in categories if c["id"] == cat_id)
 
 
 class OpenVocabInstanceDataset(SambenchDataset):
@@ -64,9 +115,11 @@ class OpenVocabInstanceDataset(SambenchDataset):
         include_crowd: bool,
         min_area: float,
         max_images: int | None,
+        class_names_file: str | None = None,
     ) -> None:
         """Index ``data`` keeping annotations of the categories ``keep_ids`` (sorted into the
-        contiguous vocabulary); ``novel_ids`` are flagged novel."""
+        contiguous vocabulary); ``novel_ids`` are flagged novel; ``class_names_file`` gives the
+        classes' synonyms (:func:`read_class_names_file`)."""
         self.ann_path = ann_path
         names = {}
         for category in data["categories"]:
@@ -87,6 +140,14 @@ class OpenVocabInstanceDataset(SambenchDataset):
         self.class_names: list[str] = [str(names[cat_id]["name"]) for cat_id in keep]
         self.novel: list[bool] = [cat_id in novel for cat_id in keep]
         self.categories: list[dict[str, Any]] = [names[cat_id] for cat_id in keep]
+        self.synonym_lists: list[list[str]] | None = None
+        if class_names_file:
+            listed = read_class_names_file(class_names_file, list(names.values()), ann_path)
+            missing = [f"{cat_id} ({names[cat_id]['name']})" for cat_id in keep if cat_id not in listed]
+            if missing:
+                raise DatasetError(f"class-names file {Path(class_names_file).expanduser()} lacks {len(missing)} "
+                                   f"class(es) of dataset '{self.NAME}': {', '.join(missing[:5])}")
+            self.synonym_lists = [listed[cat_id] for cat_id in keep]
         self.include_crowd = include_crowd
         self.min_area = float(min_area)
         self.num_invalid_annotations = 0
@@ -140,7 +201,7 @@ class OpenVocabInstanceDataset(SambenchDataset):
     def __getitem__(self, index: int) -> Sample:
         image_info, anns = self.entries[index]
         path, relative = self.image_path(image_info)
-        image = read_image(path)
+        image = read_coco_image(path, image_info)  # EXIF by size, as the other COCO adapters
         size = (int(image.shape[0]), int(image.shape[1]))
         return Sample(
             index=index,
@@ -153,5 +214,6 @@ class OpenVocabInstanceDataset(SambenchDataset):
                 "ann_ids": [ann.get("id") for ann in anns],
                 "prediction_path": str(Path(relative).with_suffix("")),
                 "novel": self.novel,  # one bool per class id (the open-vocabulary ensemble needs it)
+                "synonym_lists": self.synonym_lists,  # None = split the class names (dataset.class_names_file)
             },
         )

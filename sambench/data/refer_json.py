@@ -109,8 +109,14 @@ def load_refs(path: Path) -> list[dict[str, Any]]:
                 refs = json.load(file)
         except FileNotFoundError:
             raise DatasetError(f"refs file not found: {path}") from None
+        except IsADirectoryError:
+            raise DatasetError(f"refs file {path} is a folder; expected a JSON list of refs") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DatasetError(f"refs file {path} is not valid JSON ({exc})") from None
+            raise DatasetError(f"refs file {path} is not valid UTF-8 JSON ({exc})") from None
+        except RecursionError:
+            raise DatasetError(f"refs file {path} is nested too deeply to be a list of refs") from None
+        except OSError as exc:
+            raise DatasetError(f"cannot read refs file {path} ({exc})") from None
     else:
         hint = (
             f"re-download it (refer API data), or read a JSON export instead: put {path.stem}.json beside it "

@@ -30,7 +30,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from sambench.data.base import SEMANTIC_FEW_SHOT, SambenchDataset, inside_root, read_image, read_label_png, resolve_root
+from sambench.data.base import (
+    SEMANTIC_FEW_SHOT,
+    SambenchDataset,
+    inside_root,
+    read_image,
+    read_label_png,
+    resolve_root,
+    size_mismatch_hint,
+    walk_files,
+)
 from sambench.engine import dist
 from sambench.errors import ConfigError, DatasetError
 from sambench.files import write_json_atomic
@@ -150,12 +159,9 @@ class SemanticEntry:
 
 
 def scan_files(folder: Path, suffix: str) -> list[Path]:
-    """Files under ``folder`` (recursively, following symlinks) whose name ends with ``suffix``, sorted."""
-    found = []
-    for current, dirs, files in os.walk(folder, followlinks=True):
-        dirs.sort()
-        found += [Path(current) / name for name in files if name.endswith(suffix) and not name.startswith(".")]
-    return sorted(found)
+    """Files under ``folder`` (recursively) whose name ends with ``suffix``, sorted; symlinked
+    folders are followed, each real folder once (:func:`~sambench.data.base.walk_files`)."""
+    return walk_files(folder, lambda name: name.endswith(suffix))
 
 
 def pair_files(
@@ -315,7 +321,8 @@ class SemanticSegmentationDataset(SambenchDataset):
         if raw.dtype != np.uint8:
             if raw.size and (raw.min() < 0 or raw.max() > 255):
                 raise DatasetError(
-                    f"label map {entry.label} holds values {raw.min()}..{raw.max()}; expected 8-bit class indices"
+                    f"label map {entry.label} holds values {raw.min()}..{raw.max()}; expected class indices 0..255 "
+                    f"(a {raw.dtype.itemsize * 8}-bit label map is read when its values fit; is it an instance-id map?)"
                 )
             raw = raw.astype(np.uint8)
         labels = self.convert_labels(raw)
@@ -405,6 +412,12 @@ class SemanticSegmentationDataset(SambenchDataset):
             source = None
             presence = self.class_presence(entries)
             indices = few_shot_selection(presence, len(self.class_names), shots, seed)
+            if not indices:
+                raise DatasetError(
+                    f"dataset '{self.NAME}': no label map of split '{self.split_name}' under {self.root} holds any of "
+                    f"the {len(self.class_names)} classes (all {len(entries)} are ignore-only), so the {shots}-shot "
+                    f"selection is empty; is it the right label file type?"
+                )
             covered = len(set().union(*(presence[i] for i in indices)))
             present = len(set().union(*presence))
         selected = [entries[i] for i in indices]
@@ -439,7 +452,7 @@ class SemanticSegmentationDataset(SambenchDataset):
             raise DatasetError(
                 f"shots_file not found: {path} (expected a {SELECTION_FILE} saved by an earlier run)"
             ) from None
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise DatasetError(
                 f"cannot read shots_file {path} ({exc}); expected a {SELECTION_FILE} saved by an earlier run"
             ) from None
@@ -464,12 +477,13 @@ class SemanticSegmentationDataset(SambenchDataset):
 
     def __getitem__(self, index: int) -> Sample:
         entry = self.entries[index]
-        image = read_image(entry.image)
         labels = self.load_labels(entry)
+        image = read_image(entry.image, expected_size=labels.shape)
         if labels.shape != image.shape[:2]:
             raise DatasetError(
                 f"label map {entry.label} is {labels.shape[0]}x{labels.shape[1]} but image {entry.image} is "
                 f"{image.shape[0]}x{image.shape[1]} (expected the same size)"
+                f"{size_mismatch_hint(entry.image, image.shape[:2], labels.shape)}"
             )
         return Sample(
             index=index,

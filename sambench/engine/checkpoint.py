@@ -17,20 +17,36 @@ import numpy as np
 import torch
 
 from sambench.errors import CheckpointError
+from sambench.files import write_failure
 from sambench.weights_file import load_weights_file
 
 LAST = "last.pt"
 
 
 def save_atomic(obj: dict, path: Path) -> None:
-    """``torch.save`` to ``path`` via a unique temporary file + ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """``torch.save`` to ``path`` via a unique temporary file + ``os.replace``. A failed write
+    (disk full, read-only folder) raises :class:`OutputError` naming the file and the space it
+    needed; the previous ``path`` is left as it was."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(obj, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch reports failed writes as RuntimeError
+        raise write_failure(path, tensor_bytes(obj), exc, kept=path.exists()) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def tensor_bytes(obj) -> int:
+    """Bytes of the tensors in a nested container (what a checkpoint of it needs on disk)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -2,27 +2,81 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import logging
 import os
+import threading
+import time
 
 import torch
 import torch.distributed as dist
+
+from sambench.errors import ConfigError, SambenchError
+
+DEFAULT_TIMEOUT_S = 1800.0  # torch's default; rank 0 alone may take minutes (e.g. LVIS mask AP)
+_timeout = {"seconds": DEFAULT_TIMEOUT_S}
+log = logging.getLogger(__name__)
+
+
+class DistributedError(SambenchError):
+    """A collective that timed out or lost a peer: another rank hung, died or is far behind."""
+
+
+@contextlib.contextmanager
+def waiting(what: str):
+    """Around a collective (or a step whose backward all-reduces): every ``min(60 s, timeout/4)``
+    spent inside, log which rank is still waiting for what; a timeout or a lost peer becomes a
+    :class:`DistributedError` naming the rank, the collective and the time waited."""
+    if not is_distributed():
+        yield
+        return
+    start, period = time.monotonic(), min(60.0, _timeout["seconds"] / 4)
+    done = threading.Event()
+
+    def report():
+        while not done.wait(period):
+            log.warning("rank %d has waited %.0f s for the other ranks at %s (timeout %.0f s: "
+                        "trainer.collective_timeout)", rank(), time.monotonic() - start, what, _timeout["seconds"])
+
+    thread = threading.Thread(target=report, daemon=True)
+    thread.start()
+    try:
+        yield
+    except RuntimeError as exc:  # gloo/NCCL errors (DistBackendError is a RuntimeError)
+        text = str(exc)
+        lost = any(s in text for s in ("Connection closed", "Connection reset", "Broken pipe", "ECONNRESET"))
+        if not (lost or "imed out" in text or "timeout" in text.lower()):
+            raise
+        cause = "lost the connection to another rank (it died)" if lost else "timed out: another rank is hung or far behind"
+        raise DistributedError(f"rank {rank()} waited {time.monotonic() - start:.0f} s at {what} and {cause} "
+                               f"(trainer.collective_timeout={_timeout['seconds']:g} s)") from None
+    finally:
+        done.set()
 
 
 def launched_by_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def init_distributed(device: str = "auto") -> torch.device:
-    """Initialise the process group under torchrun (nccl on GPU, gloo on CPU); return the device."""
+def init_distributed(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> torch.device:
+    """Initialise the process group under torchrun (nccl on GPU, gloo on CPU); return the device.
+
+    ``device``: ``auto`` (CUDA when available, else CPU), ``cuda`` (refused without CUDA) or
+    ``cpu``. ``timeout_s``: how long a collective waits for the other ranks before failing.
+    """
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda but CUDA is not available (torch.cuda.is_available() is false: no GPU, "
+                          "no driver or a CPU build of torch); use trainer.device=auto or cpu")
     use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if launched_by_torchrun() and not dist.is_initialized():
         if use_cuda:
             torch.cuda.set_device(local_rank)
         dist.init_process_group(
-            backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=30)
+            backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s)
         )
+        _timeout["seconds"] = timeout_s
     if use_cuda:
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
@@ -44,17 +98,19 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def barrier() -> None:
+def barrier(what: str = "a barrier") -> None:
     if is_distributed():
-        dist.barrier()
+        with waiting(what):
+            dist.barrier()
 
 
-def all_gather_objects(obj) -> list:
+def all_gather_objects(obj, what: str = "a gather of results") -> list:
     """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` when not distributed."""
     if not is_distributed():
         return [obj]
     out = [None] * world_size()
-    dist.all_gather_object(out, obj)
+    with waiting(what):
+        dist.all_gather_object(out, obj)
     return out
 
 
@@ -63,14 +119,16 @@ def broadcast_object(obj):
     if not is_distributed():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    with waiting("a broadcast from rank 0"):
+        dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over ranks (in place; returned for chaining)."""
     if is_distributed():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        with waiting("a sum over ranks"):
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 

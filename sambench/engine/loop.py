@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from sambench.data.loader import eval_loader, train_loader
+from sambench.data.loader import eval_loader, start_epoch, train_loader
 from sambench.engine import dist
 from sambench.engine.checkpoint import LAST, load_checkpoint, rng_state, save_atomic, set_rng_state
 from sambench.engine.ema import ParameterEMA
@@ -18,6 +19,7 @@ from sambench.engine.hooks import CheckpointHook, EvaluationHook, Hook, LossLogg
 from sambench.engine.precision import autocast, check_precision
 from sambench.engine.schedules import lr_multiplier
 from sambench.errors import CheckpointError, ConfigError
+from sambench.files import megabytes, remove_stale_temporaries
 from sambench.logging.console import progress
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,9 @@ class Trainer:
     # ----- the loop ---------------------------------------------------------------------------
     def fit(self) -> dict:
         """Train (resuming when asked), evaluate at the end; return the last metrics."""
+        if dist.is_main():
+            remove_stale_temporaries(self.run_dir / "checkpoints", self.run_dir)
+            self._check_free_space()
         self._maybe_resume()
         for hook in self.hooks:
             hook.before_run(self)
@@ -99,13 +104,12 @@ class Trainer:
         bar.update(self.step)
         while self.step < self.max_steps:
             epoch, done = divmod(self.step, self.steps_per_epoch)
-            self.train_loader.sampler.set_epoch(epoch)
-            self.train_loader.sampler.skip = done * self.accumulate * self.train_loader.batch_size
-            batches = iter(self.train_loader)
+            batches = start_epoch(self.train_loader, seed=self.seed, epoch=epoch, skip_batches=done * self.accumulate)
             for _ in range(self.steps_per_epoch - done):
                 if self.step >= self.max_steps:
                     break
-                losses = self._optimizer_step([next(batches) for _ in range(self.accumulate)])
+                with dist.waiting(f"step {self.step + 1} (DDP all-reduces gradients in backward)"):
+                    losses = self._optimizer_step([next(batches) for _ in range(self.accumulate)])
                 self.step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{sum(v for k, v in losses.items() if k != 'grad_norm'):.4f}")
@@ -170,10 +174,25 @@ class Trainer:
             "meta": {"method": type(self.method).__name__, "world_size": dist.world_size()},
         }
 
+    def _check_free_space(self) -> None:
+        """Warn at the start, not after the work, when the run folder cannot hold a checkpoint."""
+        if not self.params:
+            return
+        copies = 1 + (2 if isinstance(self.optimizer, (torch.optim.Adam, torch.optim.AdamW)) else 1) + bool(self.ema)
+        needed = copies * sum(p.numel() * p.element_size() for p in self.params.values())  # weights, moments, EMA
+        folder = self.run_dir if self.run_dir.exists() else self.run_dir.parent
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            return
+        if free < 2 * needed:  # the new file is written beside the previous one
+            log.warning("only %s free in %s; each checkpoint needs about %s (written beside the previous one)",
+                        megabytes(free), folder, megabytes(needed))
+
     def save_checkpoint(self) -> None:
         if self.params and dist.is_main():
             save_atomic(self.checkpoint_state(), self.run_dir / "checkpoints" / LAST)
-        dist.barrier()
+        dist.barrier(f"the checkpoint of step {self.step} (rank 0 writes it)")
 
     def _maybe_resume(self) -> None:
         path = None

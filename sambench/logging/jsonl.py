@@ -10,6 +10,7 @@ Values are converted to plain JSON before writing:
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -59,15 +60,25 @@ class JsonlWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a", encoding="utf-8")
+        self.failed = False
 
     def write(self, record: dict) -> None:
         """Append ``record`` as one JSON line and flush it to the OS."""
         if self._file.closed:
             raise ValueError(f"JsonlWriter for {self.path} is closed")
         line = json.dumps(to_json_safe(record), allow_nan=False, ensure_ascii=False)
-        self._file.write(line + "\n")
-        self._file.flush()
+        try:
+            self._file.write(line + "\n")
+            self._file.flush()
+        except OSError as exc:  # disk full: the log is not a result; checkpoints and metrics.json fail loudly
+            if not self.failed:
+                logging.getLogger(__name__).warning("cannot append to %s (%s): later log records are lost",
+                                                    self.path, exc.strerror or exc)
+            self.failed = True
 
     def close(self) -> None:
         """Close the file; calling it again does nothing."""
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:  # the last flush failed (disk full): already reported by write()
+            pass

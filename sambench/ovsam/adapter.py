@@ -6,7 +6,9 @@ embedding; the four levels are summed, SAM's absolute position embedding is adde
 copied from SAM ViT-H by :meth:`copy_pos_embed`), then upstream ``segment_anything`` ViT blocks
 (windowed 14 except the last, global; relative positions) and a SAM-style neck
 (Conv1×1 → LayerNorm2d → Conv3×3 → LayerNorm2d). ViT-H sizes (dim 1280, 16 heads, 5 blocks) by
-default. Distilled with MSE against SAM ViT-H's embeddings (stage 1 of Open-Vocabulary SAM).
+default; the methods size it from their SAM (:func:`teacher_sizes`: width and heads of its ViT),
+so a tiny SAM gets a tiny adapter. Distilled with MSE against SAM ViT-H's embeddings (stage 1 of
+Open-Vocabulary SAM).
 """
 
 from __future__ import annotations
@@ -19,6 +21,13 @@ from segment_anything.modeling.image_encoder import Block
 from torch import nn
 
 STRIDES = (4, 8, 16, 32)
+
+
+def teacher_sizes(sam_image_encoder) -> dict[str, int]:
+    """``dim`` / ``num_heads`` / ``grid`` of a SAM ViT (ViT-H: 1280 / 16 / 64; sam_tiny: 32 / 2 / 64)."""
+    pos_embed = sam_image_encoder.pos_embed
+    return {"dim": int(pos_embed.shape[-1]), "num_heads": int(sam_image_encoder.blocks[0].attn.num_heads),
+            "grid": int(pos_embed.shape[1])}
 
 
 def patch_embedding(in_channels: int, dim: int, stride: int) -> nn.Module:

@@ -3,9 +3,11 @@
 - Evaluation: one prompt per GT instance, the GT box (``box``) or the point farthest from the
   mask boundary (``point``, the paper's ``*`` rows); or an external detector's boxes
   (``detections``, a COCO-results json).
-- Training (CLIP2SAM): GT instances repeated to at least ``num`` and truncated to ``num``; each
-  gets one uniformly random foreground pixel; the first half are box prompts, the rest point
-  prompts.
+- Training (CLIP2SAM), as the official ``OVSAMDataPreprocessor`` (``use_point_det``): GT
+  instances repeated to at least ``num`` and truncated to ``num``, shuffled; each gets one
+  uniformly random foreground pixel as integer (x, y) pixel indices (SAM's prompt encoder adds
+  the half-pixel shift); the first ``num // 2 + 1`` (:func:`num_box_prompts`) are box prompts,
+  the rest point prompts.
 All coordinates here are in the sample's original pixels unless stated.
 """
 
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 
 from sambench.errors import ConfigError, DatasetError
+from sambench.ovsam.center_points import official_center_points
 from sambench.prompts import interior_points, mask_boxes
 
 log = logging.getLogger(__name__)
@@ -36,15 +39,27 @@ def gt_prompts(sample, mode: str) -> dict[str, torch.Tensor]:
     raise ConfigError(f"unknown method.prompt '{mode}'; valid: {', '.join(EVAL_PROMPTS)}")
 
 
+def official_point_prompts(sample, input_size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """The official evaluation points (:func:`~sambench.ovsam.center_points.official_center_points`,
+    integer pixels of the 1024 frame of size ``input_size``) as original-pixel ``points`` N×1×2 +
+    ``point_labels`` N×1, for SAM wrappers that scale original prompts by (new / old) per axis
+    (the round trip is exact to float rounding)."""
+    points = official_center_points(sample.masks, input_size).double()
+    h, w = sample.size
+    points = (points / torch.tensor([input_size[1] / w, input_size[0] / h], dtype=torch.double)).float()
+    return {"points": points, "point_labels": torch.ones(points.shape[:2], dtype=torch.long)}
+
+
 def random_foreground_points(masks: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """masks N×H×W bool -> N×2 (x, y) of one uniformly drawn foreground pixel each (pixel
-    centres; the mask centre of its box for an empty mask)."""
+    """masks N×H×W bool -> N×2 (x, y) integer pixel indices of one uniformly drawn foreground
+    pixel each (as the official code: SAM's prompt encoder adds the half-pixel shift); the
+    image centre for an empty mask (training masks have ≥ ``min_mask_area`` pixels)."""
     points = torch.zeros(masks.shape[0], 2)
     for i, mask in enumerate(masks):
         ys, xs = torch.nonzero(mask, as_tuple=True)
         if len(ys):
             j = int(torch.randint(len(ys), (1,), generator=generator))
-            points[i] = torch.tensor([float(xs[j]) + 0.5, float(ys[j]) + 0.5])
+            points[i] = torch.tensor([float(xs[j]), float(ys[j])])
         else:
             points[i] = torch.tensor([mask.shape[1] / 2, mask.shape[0] / 2])
     return points
@@ -56,6 +71,12 @@ def training_prompt_indices(num_instances: int, num: int = 40) -> torch.Tensor:
         raise ValueError("training prompts need at least one instance")
     repeats = -(-num // num_instances)
     return torch.arange(num_instances).repeat(repeats)[:num]
+
+
+def num_box_prompts(num: int) -> int:
+    """Box prompts among ``num`` training prompts: ``min(num, num // 2 + 1)`` (the official
+    ``arange(2).repeat_interleave(num // 2 + 1)[:num]`` box/point flags; 40 -> 21 boxes, 19 points)."""
+    return min(num, num // 2 + 1)
 
 
 class DetectionBoxes:

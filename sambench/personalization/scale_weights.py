@@ -12,7 +12,10 @@ from sambench.losses import dice_loss
 
 
 class MaskScaleWeights(nn.Module):
-    """``(1 − w1 − w2)·M1 + w1·M2 + w2·M3`` over 3 logit maps; w1 = w2 = 1/3 at start."""
+    """``(1 − (w1 + w2))·M1 + w1·M2 + w2·M3`` over 3 logit maps; w1 = w2 = 1/3 at start.
+
+    The first weight is ``1 − (w1 + w2)`` as the official ``1 - weights.sum(0)`` (not
+    ``(1 − w1) − w2``, which can differ by a float32 ulp), and the sum runs M1, M2, M3 in order."""
 
     def __init__(self):
         super().__init__()
@@ -22,7 +25,7 @@ class MaskScaleWeights(nn.Module):
         """logits 3×H×W (or N×3×H×W) -> H×W (N×H×W)."""
         w1, w2 = self.weights[0], self.weights[1]
         m1, m2, m3 = logits.unbind(-3)
-        return (1 - w1 - w2) * m1 + w1 * m2 + w2 * m3
+        return (1 - (w1 + w2)) * m1 + w1 * m2 + w2 * m3
 
 
 def persam_f_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,9 @@ from conftest import REPO, TINY_SAM, run_tool
 
 from sambench.backbones.sam import SamBackbone
 
+# torchrun sets OMP_NUM_THREADS=1 in every rank; CPU kernels with another thread count sum in
+# another order (~1e-8), so the 1-process references run with one thread too: exact comparisons.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 COMMON = [
     "dataset=sample", "dataset.num_images=5", "backbone=sam_tiny", "trainer.device=cpu",
     "trainer.max_steps=3", "trainer.lr=1e-3",
@@ -26,7 +29,7 @@ def test_two_ranks_match_one_rank(tmp_path):
     by sqrt(v) and turns float-rounding noise of near-zero gradients into visible differences.
     """
     sgd = ["trainer.optimizer=sgd", "trainer.lr=0.05"]
-    one = run_tool("tools/train.py", *COMMON, *sgd, "trainer.batch_size=2", f"hydra.run.dir={tmp_path / 'one'}")
+    one = run_tool("tools/train.py", *COMMON, *sgd, "trainer.batch_size=2", f"hydra.run.dir={tmp_path / 'one'}", env=ONE_THREAD)
     assert one.returncode == 0, one.stderr[-3000:]
     two = run_tool("tools/train.py", *COMMON, *sgd, "trainer.batch_size=1", f"hydra.run.dir={tmp_path / 'two'}", torchrun=2)
     assert two.returncode == 0, two.stderr[-3000:]
@@ -45,7 +48,7 @@ def test_two_ranks_match_one_rank(tmp_path):
 def test_two_rank_evaluation_equals_one_rank_on_odd_dataset(tmp_path, trained_run):
     """5 eval images over 2 ranks: the sampler pads one; metrics must be identical anyway."""
     args = ["tools/eval.py", *COMMON, f"ckpt={trained_run}"]
-    one = run_tool(*args, f"hydra.run.dir={tmp_path / 'eval1'}")
+    one = run_tool(*args, f"hydra.run.dir={tmp_path / 'eval1'}", env=ONE_THREAD)
     two = run_tool(*args, f"hydra.run.dir={tmp_path / 'eval2'}", torchrun=2)
     assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-3000:]
     m1 = json.loads((tmp_path / "eval1" / "metrics.json").read_text())
@@ -79,7 +82,7 @@ def test_two_rank_referring_evaluation_gathers_global_oiou(tmp_path):
     train = run_tool("tools/train.py", *common, "trainer.max_steps=3", "trainer.lr=1e-3", f"hydra.run.dir={tmp_path / 'run'}")
     assert train.returncode == 0, train.stderr[-3000:]
     args = ["tools/eval.py", *common, f"ckpt={tmp_path / 'run'}"]
-    one = run_tool(*args, f"hydra.run.dir={tmp_path / 'eval1'}")
+    one = run_tool(*args, f"hydra.run.dir={tmp_path / 'eval1'}", env=ONE_THREAD)
     two = run_tool(*args, f"hydra.run.dir={tmp_path / 'eval2'}", torchrun=2)
     assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-3000:]
     m1 = json.loads((tmp_path / "eval1" / "metrics.json").read_text())
@@ -96,7 +99,7 @@ def test_two_rank_semantic_evaluation_equals_one_rank(tmp_path):
     root = write_synthetic_cityscapes(tmp_path / "cityscapes", train_images=2, val_images=3)
     args = ["tools/eval.py", "method=zero_shot_prompts", f"dataset.root={root}", "method.grid=2",
             "trainer.device=cpu", "trainer.eval_batch_size=1"]
-    one = run_tool(*args, f"hydra.run.dir={tmp_path / 'eval1'}")
+    one = run_tool(*args, f"hydra.run.dir={tmp_path / 'eval1'}", env=ONE_THREAD)
     two = run_tool(*args, f"hydra.run.dir={tmp_path / 'eval2'}", torchrun=2)
     assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-3000:]
     m1 = json.loads((tmp_path / "eval1" / "metrics.json").read_text())

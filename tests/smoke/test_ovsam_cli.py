@@ -10,7 +10,7 @@ import torch
 from conftest import SHARED_DATA, TINY_SAM, needs_shared, run_tool
 from PIL import Image
 
-from sambench.data.coco_synthetic import write_synthetic_coco
+from sambench.data.coco_synthetic import COCO_CATEGORIES, write_synthetic_coco
 from sambench.registry import DATASETS, load_plugins
 
 load_plugins()
@@ -130,3 +130,26 @@ def test_prepare_text_embeddings_fills_the_cache_the_method_reads(tmp_path, monk
                                  adapter={"depth": 1, "num_heads": 2}, allow_untrained=True, cache_dir=str(cache))
     names = DATASETS.get("coco_ov")(split="eval", root=str(coco)).class_names
     assert model.texts(names).shape == tuple(summary["eval"]["shape"])
+
+
+def test_class_names_file_from_the_tool_drives_the_eval_text_embeddings(tmp_path):
+    """tools/make_class_names.py on an official-format file -> tools/eval.py ... dataset.class_names_file=<file>:
+    the run embeds every synonym (C×P_max×D in the cache, P_max > 1) and writes its metrics."""
+    coco = write_synthetic_coco(tmp_path / "coco", num_images=2)
+    names = [name for _, name in COCO_CATEGORIES]
+    classes = [f"{name},{name}s,a small_{name}" if name in ("person", "cat") else name for name in names]
+    repo = tmp_path / "ovsam" / "seg" / "datasets"
+    repo.mkdir(parents=True)
+    (repo / "coco_ins_ov.py").write_text(f"CLASSES_ORIGINAL = {tuple(names)!r}\n\n"
+                                         f"class CocoOVDataset:\n    METAINFO = {{'classes': {tuple(classes)!r}}}\n")
+    file = tmp_path / "names.json"
+    result = run_tool("tools/make_class_names.py", "--ovsam-repo", str(tmp_path / "ovsam"), "--out", str(file))
+    assert result.returncode == 0, result.stderr[-3000:]
+    cache, out = tmp_path / "cache", tmp_path / "eval"
+    result = run_tool("tools/eval.py", "method=ovsam", f"dataset.root={coco}", f"dataset.class_names_file={file}",
+                      *SMALL_ADAPTER, f"cache.dir={cache}", "trainer.device=cpu", f"hydra.run.dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert all(key in json.loads((out / "metrics.json").read_text()) for key in OV_KEYS)
+    entries = [torch.load(f, weights_only=True) for f in cache.glob("text-*.pt")]
+    assert len(entries) == 1 and tuple(entries[0]["embeddings"].shape[:2]) == (65, 3)
+    assert entries[0]["synonyms"][0] == ["person", "persons", "a small person"]

@@ -17,7 +17,8 @@ from sambench.engine.checkpoint import save_atomic
 from sambench.errors import CheckpointError, ConfigError
 from sambench.evaluation.open_vocab import OpenVocabEvaluator
 from sambench.ovsam.augment import large_scale_jitter
-from sambench.ovsam.prompting import DetectionBoxes, random_foreground_points, training_prompt_indices
+from sambench.ovsam.classifier import clip_valid
+from sambench.ovsam.prompting import DetectionBoxes, num_box_prompts, random_foreground_points, training_prompt_indices
 from sambench.prompts import mask_boxes
 from sambench.registry import DATASETS, METHODS, load_plugins
 from sambench.structures import collate
@@ -169,8 +170,10 @@ def test_training_prompts():
     masks = torch.zeros(2, 20, 30, dtype=torch.bool)
     masks[0, 5:8, 10:12] = True
     points = random_foreground_points(masks, torch.Generator().manual_seed(0))
-    x, y = points[0]
-    assert 10 < x < 12 and 5 < y < 8 and points[1].tolist() == [15.0, 10.0]
+    x, y = points[0].tolist()
+    # integer pixel indices, as the official code (SAM's prompt encoder adds the half-pixel shift)
+    assert x in (10.0, 11.0) and y in (5.0, 6.0, 7.0) and points[1].tolist() == [15.0, 10.0]
+    assert [num_box_prompts(n) for n in (1, 2, 3, 40)] == [1, 2, 2, 21]  # official: 21 boxes + 19 points of 40
 
 
 def test_mask_boxes_vectorised():
@@ -218,16 +221,42 @@ def test_ensemble_uses_the_novel_flags_and_the_clip_branch(coco):
     assert torch.equal(labels, q[:, :-1].argmax(-1))
 
 
-def test_clip_box_frame_original_keeps_image_pixels(coco):
+@pytest.mark.parametrize("frame", ["input", "original"])
+def test_clip_branch_pools_the_gt_boxes_in_the_chosen_frame(coco, frame):
+    """Official: the frozen-CLIP branch pools each instance's GT box (also with point prompts);
+    ``original`` leaves them in image pixels as the official code, ``input`` scales them (×1024/long side)."""
     _, _, evaluation = coco
     sample = evaluation[0]
-    model = build("ovsam", clip_box_frame="original")
+    model = build("ovsam", prompt="point", clip_box_frame=frame)
     seen = []
     model.clip_logits = lambda layer4, rois, text: seen.append(rois.clone()) or torch.zeros(len(rois), len(text) + 1)
-    rois = torch.tensor([[0.0, 100, 100, 500, 600]])
-    model._labels(torch.zeros(1, 66), torch.zeros(1, 1, 1, 1), rois, torch.zeros(65, 1, 4), sample)
-    scale = model.sam.input_size(sample.size)[0] / sample.size[0]
-    assert torch.allclose(seen[0][0, 1:], rois[0, 1:] / scale)
+    model.predict(collate([sample]))
+    gt = sample.boxes.float()
+    h, w = sample.size
+    nh, nw = model.sam.input_size(sample.size)
+    expected = gt if frame == "original" else gt * torch.tensor([nw / w, nh / h, nw / w, nh / h])
+    assert torch.allclose(seen[0][:, 1:], expected, atol=1e-4) and torch.equal(seen[0][:, 0], torch.zeros(len(gt)))
+    model.clip_rois = "mask_box"  # the alternative: the predicted masks' boxes, as the RoI branch
+    model.predict(collate([sample]))
+    assert not torch.allclose(seen[1][:, 1:], expected, atol=1.0)
+
+
+def test_ensemble_falls_back_to_q_where_the_mask_misses_the_clip_grid(coco):
+    """Official ``valid_masking``: α = β = 0 for a mask with no positive logit on the 32² CLIP grid."""
+    _, _, evaluation = coco
+    sample = evaluation[0]
+    model = build("ovsam")
+    q, c = torch.randn(2, 66), torch.randn(2, 66)
+    model.clip_logits = lambda layer4, rois, text: c
+    low_res = torch.full((2, 1, 256, 256), -5.0)
+    low_res[0, 0, 100:140, 100:140] = 5.0
+    valid = clip_valid(low_res, torch.zeros(1, 8, 32, 32))
+    assert valid.tolist() == [True, False]
+    labels, scores = model._labels(q, None, torch.zeros(2, 5), None, sample, valid)
+    w = torch.where(torch.tensor(sample.meta["novel"]), 0.9, 0.1)
+    qs, cs = q.softmax(-1)[:, :-1], c.softmax(-1)[:, :-1]
+    assert torch.allclose(scores[0], (qs[0] ** (1 - w) * cs[0] ** w).max())
+    assert torch.allclose(scores[1], qs[1].max()) and int(labels[1]) == int(qs[1].argmax())
 
 
 def test_detections_prompts_give_mask_ap(coco, tmp_path):

@@ -28,7 +28,8 @@ def backbone(cache_dir, **overrides):
 
 
 def all_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file())
+    """Every file of the cache folder but its shape record (``entry.json``)."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != "entry.json")
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +231,39 @@ def test_corrupt_entry_is_recomputed_and_rewritten(tmp_path, image, reference, h
     assert torch.equal(model.embed_images([image])[0], reference)
     assert (model.cache.hits, model.cache.misses) == (1, 1)
     assert [p.name for p in all_files(tmp_path)] == [file.name]  # no temporary files left
+
+
+def test_entry_of_the_wrong_shape_is_recomputed(tmp_path, image, reference):
+    """An entry that loads but has another shape (or dtype) than the recorded one is corrupt:
+    recomputed and rewritten, never stacked into a batch."""
+    model = backbone(tmp_path)
+    key = EmbeddingCache.image_key(image)
+    model.cache.put(key, reference)
+    assert model.cache.expected_shape() == tuple(reference.shape)
+    torch.save(torch.zeros(256, 32, 32), model.cache.path(key))
+    out = model.embed_images([image, image])
+    assert out.shape == (2, *reference.shape) and torch.equal(out[0], reference)
+    assert model.cache.corrupt >= 1
+    torch.save(reference.double(), model.cache.path(key))
+    fresh = backbone(tmp_path)
+    assert fresh.cache.get(key) is None and fresh.cache.corrupt == 1
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"),
+                                     RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos")])
+def test_failed_cache_write_warns_once_and_continues(tmp_path, image, reference, monkeypatch, caplog, failure):
+    model = backbone(tmp_path)
+
+    def full_disk(obj, file, *args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with caplog.at_level("WARNING", logger="sambench.cache"):
+        out = model.embed_images([image, image[::-1].copy()])
+    assert torch.equal(out[0], reference)  # the evaluation goes on with computed embeddings
+    warnings = [r for r in caplog.records if "continuing without caching" in r.getMessage()]
+    assert len(warnings) == 1 and not model.cache.writable
+    assert [p for p in all_files(tmp_path) if p.suffix == ".tmp"] == []
 
 
 # ----- several processes ---------------------------------------------------------------------------

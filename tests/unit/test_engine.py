@@ -53,6 +53,8 @@ def test_resume_gives_identical_parameters(tmp_path):
     a, b = trained_params(straight), trained_params(resumed)
     assert a.keys() == b.keys() and a
     assert all(torch.equal(a[n], b[n]) for n in a)
+    rng_a, rng_b = (load_checkpoint(tmp_path / run / "checkpoints" / LAST)["rng"] for run in ("a", "b"))
+    assert torch.equal(rng_a["torch"], rng_b["torch"])  # starting an epoch's iterator draws no global RNG
     moved = make_trainer(tmp_path / "c", tmp_path / "cache", max_steps=0)
     assert any(not torch.equal(a[n], p) for n, p in moved.params.items())
 

@@ -171,7 +171,7 @@ def test_labels_are_vocabulary_classes_and_the_evaluator_scores_them(coco, build
 def test_label_is_a_real_class_even_when_background_scores_highest(build):
     model = build("feature_crop")
     regions = F.normalize(torch.randn(3, 64), dim=-1)
-    model.text_bank = lambda names: -regions[:1, None].expand(len(names), 1, -1)  # every cosine ~ -1 for region 0
+    model.text_bank = lambda names, synonym_lists=None: -regions[:1, None].expand(len(names), 1, -1)  # every cosine ~ -1 for region 0
     labels, scores = model.classify(regions, ["person", "car"])
     assert labels.shape == (3,) and ((labels >= 0) & (labels < 2)).all()
     assert scores[0] < 1e-6  # background took the probability; the label is still a class

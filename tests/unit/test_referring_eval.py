@@ -1,4 +1,5 @@
-"""Referring metrics against hand-computed values, and DIT's preprocessing."""
+"""Referring metrics against hand-computed values, and the letterbox round trip
+(DIT's input path itself: test_dit_input_path.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from sambench.evaluation.referring import ReferringEvaluator
-from sambench.instruction.preprocess import ReferringPreprocessor, letterbox, placement, swap_left_right, unletterbox
+from sambench.instruction.preprocess import letterbox, placement, unletterbox
 from sambench.structures import Batch, Prediction, Sample
 
 
@@ -48,25 +49,6 @@ def test_shape_mismatch_is_an_error():
     prediction.masks = torch.zeros(1, 3, 3, dtype=torch.bool)
     with pytest.raises(ValueError, match="expected"):
         ReferringEvaluator().process(Batch([sample]), [prediction])
-
-
-def test_left_right_swap_is_word_level():
-    assert swap_left_right("the man on the left, not the right one") == "the man on the right, not the left one"
-    assert swap_left_right("Left guy LEFT leftmost bright") == "Right guy RIGHT leftmost bright"
-
-
-def test_training_flip_mirrors_image_mask_and_expression():
-    torch.manual_seed(0)
-    pre = ReferringPreprocessor(size=64, min_side=64, color_jitter=0.0, flip=1.0)
-    image = np.zeros((32, 64, 3), np.uint8)
-    image[:, :16] = 255
-    mask = torch.zeros(32, 64, dtype=torch.bool)
-    mask[:, :16] = True
-    canvas, target, text = pre.training(image, mask, "white part on the left", torch.device("cpu"))
-    assert text == "white part on the right"
-    assert canvas.shape == (1, 3, 64, 64) and target.shape == (1, 1, 64, 64)
-    assert target[0, 0, 32, 60] == 1 and target[0, 0, 32, 3] == 0  # the mask moved to the right
-    assert target[0, 0, :16].sum() == 0  # centre padding: rows above the image are empty
 
 
 def test_letterbox_round_trip_and_centre_padding():

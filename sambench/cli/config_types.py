@@ -1,0 +1,152 @@
+"""Typed checks of the composed config, once, before anything is built.
+
+Each config section is checked against the type hints of the constructor it feeds (the
+Trainer, the method, the dataset, the backbone): ``trainer.lr=fast`` or ``method.threshold=abc``
+fail with a message that names the key, the value and the expected type. Values the engine
+needs in a range (batch sizes, steps, learning rate, ...) are checked too.
+"""
+
+from __future__ import annotations
+
+import inspect
+import numbers
+import types
+import typing
+from pathlib import Path
+
+from sambench.errors import ConfigError
+
+_NOT_ARGUMENTS = {"self", "sam", "run_dir", "class_names", "cache_dir", "split", "method", "train_set", "eval_set",
+                  "evaluator", "device", "run_logger", "hooks"}
+
+#: trainer keys with a range: key -> (test, what is expected)
+TRAINER_RANGES = {
+    "batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "num_workers": (lambda v: v >= 0, "an integer >= 0"),
+    "max_steps": (lambda v: v is None or v >= 0, "null or an integer >= 0"),
+    "max_epochs": (lambda v: v is None or v >= 0, "null or a number >= 0"),
+    "accumulate": (lambda v: v >= 1, "an integer >= 1"),
+    "lr": (lambda v: v > 0, "a number > 0"),
+    "weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "eps": (lambda v: v > 0, "a number > 0"),
+    "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "betas": (lambda v: len(v) == 2 and all(isinstance(b, numbers.Real) and 0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    "grad_clip": (lambda v: v is None or v > 0, "null or a number > 0"),
+    "ema_decay": (lambda v: v is None or 0 < v < 1, "null or a number in (0, 1)"),
+    "eval_every": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    "ckpt_every": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    "seed": (lambda v: v >= 0, "an integer >= 0"),
+}
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def type_name(hint) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else type_name(a) for a in typing.get_args(hint))
+    if origin is not None:
+        return {list: "a list", tuple: "a list", dict: "a mapping"}.get(origin, getattr(origin, "__name__", str(origin)))
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", dict: "a mapping",
+             list: "a list", tuple: "a list", Path: "a path"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def matches(value, hint) -> bool:
+    """Does a plain config value (from YAML / the command line) fit a type hint?"""
+    if hint is typing.Any or hint is inspect.Parameter.empty:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(matches(value, arg) for arg in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if origin is not None:
+        hint = origin
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if hint in (str, Path):
+        return isinstance(value, str)
+    if hint in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if hint is dict:
+        return isinstance(value, dict)
+    return True  # other classes (modules, callables): not a config value
+
+
+def signature_hints(cls) -> tuple[dict[str, object], bool]:
+    """Keyword parameters of ``cls``'s constructor (following ``**kwargs`` up the MRO) with their
+    type hints, and whether unknown keys are accepted (a ``**kwargs`` nobody names)."""
+    hints: dict[str, object] = {}
+    for klass in getattr(cls, "__mro__", [cls]):
+        init = klass.__init__ if isinstance(klass, type) else klass
+        if init is object.__init__:
+            return hints, False
+        try:
+            params = inspect.signature(init).parameters
+            resolved = typing.get_type_hints(init)
+        except (TypeError, ValueError, NameError):
+            return hints, True
+        open_ended = False
+        for name, param in params.items():
+            if param.kind is inspect.Parameter.VAR_KEYWORD:
+                open_ended = True
+            elif param.kind is not inspect.Parameter.VAR_POSITIONAL and name not in hints:
+                hints[name] = resolved.get(name, inspect.Parameter.empty)
+        if not open_ended:
+            return hints, False
+    return hints, True
+
+
+def check_section(section: str, cls, values: dict, ignore: tuple[str, ...] = ()) -> None:
+    """Every key of ``values`` must be a constructor argument of ``cls`` of the right type."""
+    hints, open_ended = signature_hints(cls)
+    for key, value in values.items():
+        if key in ignore:
+            continue
+        if key not in hints or key in _NOT_ARGUMENTS:
+            if open_ended:
+                continue
+            valid = ", ".join(sorted(k for k in hints if k not in _NOT_ARGUMENTS))
+            raise ConfigError(f"unknown key {section}.{key}; valid: {valid}")
+        if value is not None and not matches(value, hints[key]):  # null: the constructor says what is missing
+            raise ConfigError(f"{section}.{key}={value!r}: expected {type_name(hints[key])}")
+
+
+def check_trainer(values: dict) -> None:
+    """The trainer section: types from ``Trainer``'s signature, then ranges and the device."""
+    from sambench.engine.loop import Trainer
+
+    check_section("trainer", Trainer, values, ignore=("device", "collective_timeout"))
+    for key, (test, expected) in TRAINER_RANGES.items():
+        if key in values and not _passes(test, values[key]):
+            raise ConfigError(f"trainer.{key}={values[key]!r}: expected {expected}")
+    device = values.get("device", "auto")
+    if device not in DEVICES:
+        raise ConfigError(f"trainer.device={device!r}: expected one of {', '.join(DEVICES)} (torchrun picks the GPU of each rank)")
+    timeout = values.get("collective_timeout", 1800)
+    if not (isinstance(timeout, numbers.Real) and not isinstance(timeout, bool) and timeout > 0):
+        raise ConfigError(f"trainer.collective_timeout={timeout!r}: expected a number of seconds > 0")
+
+
+def _passes(test, value) -> bool:
+    try:
+        return bool(test(value))
+    except TypeError:  # e.g. null where a number is needed
+        return False
+
+
+FLAGS = ("save_predictions", "save_overlays", "use_ema", "traceback")
+
+
+def check_flags(cfg: dict) -> None:
+    """Top-level true/false keys."""
+    for key in FLAGS:
+        if key in cfg and not isinstance(cfg[key], bool):
+            raise ConfigError(f"{key}={cfg[key]!r}: expected true/false")
