@@ -84,8 +84,8 @@ class TextInstructedSam(SambenchMethod):
             # the file holds the whole fine-tuned BERT: build bert-base's architecture without weights
             text_encoder.update(size=text_encoder.get("size") or "bert-base", allow_random_init=True)
         self.text = BertTextEncoder(**text_encoder)
-        encoder = sam.sam.image_encoder
-        self.text_proj = nn.Linear(self.text.dim, sam.sam.prompt_encoder.embed_dim)
+        encoder = sam.image_encoder
+        self.text_proj = nn.Linear(self.text.dim, sam.prompt_encoder.embed_dim)
         self.injection = None
         if injection != "none":
             self.injection = TextInjection(mode=injection, depth=len(encoder.blocks), text_dim=self.text.dim,
@@ -99,9 +99,9 @@ class TextInstructedSam(SambenchMethod):
     def _set_trainable(self, train_image_encoder: bool) -> None:
         """Only parameters on the forward path train (DDP needs every trainable one used)."""
         self.sam.requires_grad_(False)
-        self.sam.sam.image_encoder.requires_grad_(train_image_encoder)
-        self.sam.sam.prompt_encoder.no_mask_embed.requires_grad_(True)
-        decoder = self.sam.sam.mask_decoder
+        self.sam.image_encoder.requires_grad_(train_image_encoder)
+        self.sam.prompt_encoder.no_mask_embed.requires_grad_(True)
+        decoder = self.sam.mask_decoder
         decoder.requires_grad_(True)
         decoder.iou_prediction_head.requires_grad_(False)  # computed by the decoder, never used
 
@@ -114,14 +114,14 @@ class TextInstructedSam(SambenchMethod):
             block_fn = self.injection.block_fn(features, mask if self.mask_text_padding else None, self.attention)
         elif self.attention == "global":  # the official encoder without text: no windows either
             block_fn = _global_block
-        embeddings = run_image_encoder(self.sam.sam.image_encoder, pixels, block_fn)  # B×256×h×w
-        prompt_encoder = self.sam.sam.prompt_encoder
+        embeddings = run_image_encoder(self.sam.image_encoder, pixels, block_fn)  # B×256×h×w
+        prompt_encoder = self.sam.prompt_encoder
         grid = tuple(embeddings.shape[-2:])
         sparse = self.text_proj(features)  # B×T×256 (padding tokens included, as official)
         dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(len(texts), -1, *grid)
         image_pe = prompt_encoder.pe_layer(grid).unsqueeze(0)
         low_res, _ = run_mask_decoder(
-            self.sam.sam.mask_decoder, embeddings, image_pe, sparse, dense, multimask_output=False,
+            self.sam.mask_decoder, embeddings, image_pe, sparse, dense, multimask_output=False,
             transformer_fn=self.extra_layers if self.extra_layers is not None else _upstream_transformer,
         )
         return F.interpolate(low_res, size=pixels.shape[-2:], mode="bilinear", align_corners=True)

@@ -55,7 +55,7 @@ def build_adapter(clip: ClipBackbone, sam, *, num_heads: int | None = None, dept
     """The SAM2CLIP adapter sized by the SAM it imitates: its ViT's width, grid and (unless
     ``num_heads`` is given) head count (ViT-H: 1280 / 64 / 16, so 128.8 M parameters; sam_tiny:
     32 / 64 / 2, a few seconds per image on a CPU), with SAM's position embedding copied in."""
-    encoder = sam.sam.image_encoder
+    encoder = sam.image_encoder
     sizes = teacher_sizes(encoder)
     if num_heads is not None:
         sizes["num_heads"] = num_heads
@@ -182,7 +182,7 @@ class Clip2Sam(SambenchMethod):
         channels, embed_dim = resnet_stage_channels(self.clip), self.clip.embed_dim
         self.adapter = build_adapter(self.clip, sam, **(adapter or {}))
         sam.drop_image_encoder("Open-Vocabulary SAM's image embedding comes from CLIP + the SAM2CLIP adapter")
-        self.label = LabelToken(dim=sam.sam.mask_decoder.transformer_dim, embed_dim=embed_dim, mode=label_token)
+        self.label = LabelToken(dim=sam.mask_decoder.transformer_dim, embed_dim=embed_dim, mode=label_token)
         self.fpn = FPN(list(channels), fpn_channels, 4)
         self.region = RegionEmbedding(fpn_channels, embed_dim)
         self.texts = TextEmbeddingBank(self.clip, cache_dir)
@@ -195,7 +195,7 @@ class Clip2Sam(SambenchMethod):
         token, FPN and region embedding. Frozen: CLIP, adapter, prompt encoder."""
         self.sam.requires_grad_(False)
         self.adapter.requires_grad_(False)
-        decoder = self.sam.sam.mask_decoder
+        decoder = self.sam.mask_decoder
         decoder.requires_grad_(True)
         for frozen in (decoder.iou_token, decoder.iou_prediction_head, *decoder.output_hypernetworks_mlps[1:]):
             frozen.requires_grad_(False)
@@ -234,8 +234,8 @@ class Clip2Sam(SambenchMethod):
 
     def decode(self, embedding: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One image: embedding 1×256×64×64, N prompts -> (low-res logits N×1×256×256, label-token output N×256)."""
-        decoder = self.sam.sam.mask_decoder
-        return run_single_mask_decoder(decoder, self.label.token.weight, embedding, self.sam.sam.prompt_encoder.get_dense_pe(),
+        decoder = self.sam.mask_decoder
+        return run_single_mask_decoder(decoder, self.label.token.weight, embedding, self.sam.dense_pe(),
                                        sparse, dense)
 
     def class_logits(self, fpn: list[torch.Tensor], rois: torch.Tensor, token_out: torch.Tensor,
@@ -254,7 +254,7 @@ class Clip2Sam(SambenchMethod):
 
     def prompt_embeddings(self, boxes: torch.Tensor | None = None, points: torch.Tensor | None = None):
         """Frame-coordinate prompts (boxes N×4, or points N×2 foreground) -> sparse N×2×256, dense N×256×64×64."""
-        encoder = self.sam.sam.prompt_encoder
+        encoder = self.sam.prompt_encoder
         if boxes is not None:
             return encoder(points=None, boxes=boxes, masks=None)
         labels = torch.ones(points.shape[0], 1, dtype=torch.long, device=points.device)
@@ -272,7 +272,7 @@ class Clip2Sam(SambenchMethod):
             image, gt, keep = large_scale_jitter(sample.image, sample.masks, size=size, device=device, **self.jitter)
             if not len(keep):
                 continue
-            embedding, _, fpn = self.image_features(self.sam.sam.preprocess(image[None]))
+            embedding, _, fpn = self.image_features(self.sam.normalize_pixels(image[None]))
             index = training_prompt_indices(len(keep), self.num_prompts)
             index = index[torch.randperm(len(index))].to(device)  # official: shuffled, then boxes first
             boxes = mask_boxes(gt)[index]
@@ -353,7 +353,7 @@ class Clip2Sam(SambenchMethod):
             q = self.class_logits(fpn, rois, token_out, text)
             clip_rois = torch.cat([zeros, rois[:, 1:] if self.clip_rois == "mask_box" else clip_boxes], dim=1)
             labels, scores = self._labels(q, stages[3], clip_rois, text, sample, clip_valid(low_res, stages[3]))
-            masks = self.sam.postprocess(low_res, sample.size)[:, 0] > self.sam.sam.mask_threshold
+            masks = self.sam.postprocess(low_res, sample.size)[:, 0] > self.sam.mask_threshold
             predictions.append(self._prediction(sample, masks.cpu(), labels.cpu(), scores.float().cpu(), det_scores))
         return predictions
 

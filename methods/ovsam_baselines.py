@@ -146,7 +146,7 @@ class SamClipCropBaseline(SambenchMethod):
             logits, iou, low_res = self.sam.predict(embedding, sample.size, multimask_output=self.multimask_output, **prompts)
         rows = torch.arange(len(iou), device=iou.device)
         best = iou.argmax(dim=1)
-        return logits[rows, best] > self.sam.sam.mask_threshold, low_res[rows, best]
+        return logits[rows, best] > self.sam.mask_threshold, low_res[rows, best]
 
     def _regions(self, sample: Sample, embedding: torch.Tensor, prompts: dict):
         masks, low_res = self.segment(sample, embedding, prompts)

@@ -158,7 +158,7 @@ class PerSAM(SambenchMethod):
         """Cascaded post-refinement from H×W ``logits`` and 256×256 ``low``: step 1 feeds the low-res
         logits back (with the mask's box when ``box_first``), step 2 adds the box of step 1's best
         mask; each keeps the highest predicted IoU. An empty mask skips its box (counted)."""
-        mask, fallbacks = logits > self.sam.sam.mask_threshold, 0
+        mask, fallbacks = logits > self.sam.mask_threshold, 0
         for step in range(1, self.refinement_steps + 1):
             wants_box = step == 2 or box_first
             box = mask_box(mask) if wants_box else None
@@ -167,7 +167,7 @@ class PerSAM(SambenchMethod):
                                                     mask_inputs=low[None, None], multimask_output=True,
                                                     float64_coords=True)
             best = int(iou[0].argmax())
-            mask, low = logits_m[0, best] > self.sam.sam.mask_threshold, low_m[0, best]
+            mask, low = logits_m[0, best] > self.sam.mask_threshold, low_m[0, best]
         return mask, fallbacks
 
 

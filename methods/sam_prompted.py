@@ -56,8 +56,8 @@ class SamPrompted(SambenchMethod):
         self.max_train_instances = max_train_instances
         self.sam.requires_grad_(False)
         if finetune == "decoder":
-            self.sam.sam.mask_decoder.requires_grad_(True)
-            self.sam.sam.mask_decoder.iou_prediction_head.requires_grad_(iou_weight > 0)
+            self.sam.mask_decoder.requires_grad_(True)
+            self.sam.mask_decoder.iou_prediction_head.requires_grad_(iou_weight > 0)
 
     def prompts(self, sample: Sample) -> dict:
         """Keyword prompts for :meth:`SamBackbone.predict` from the sample's GT masks/boxes."""
@@ -108,5 +108,5 @@ class SamPrompted(SambenchMethod):
         predictions = []
         for sample, embedding in zip(batch, embeddings):
             logits, scores = self._masks_for(sample, embedding[None])
-            predictions.append(Prediction(index=sample.index, masks=(logits > self.sam.sam.mask_threshold).cpu(), scores=scores.float().cpu()))
+            predictions.append(Prediction(index=sample.index, masks=(logits > self.sam.mask_threshold).cpu(), scores=scores.float().cpu()))
         return predictions

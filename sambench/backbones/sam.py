@@ -74,6 +74,35 @@ class SamBackbone(nn.Module):
     def device(self) -> torch.device:
         return self.sam.pixel_mean.device
 
+    # ----- parts: methods reach SAM only through these ----------------------------------------
+    @property
+    def image_encoder(self) -> nn.Module:
+        """SAM's ViT (B×3×1024×1024 -> B×256×64×64); freeze or fine-tune it through this."""
+        return self.sam.image_encoder
+
+    @property
+    def prompt_encoder(self) -> nn.Module:
+        """SAM's prompt encoder (points/boxes/masks -> sparse N×T×256, dense N×256×64×64)."""
+        return self.sam.prompt_encoder
+
+    @property
+    def mask_decoder(self) -> nn.Module:
+        """SAM's two-way transformer mask decoder."""
+        return self.sam.mask_decoder
+
+    @property
+    def mask_threshold(self) -> float:
+        """Logit threshold of a foreground pixel (SAM's ``mask_threshold``, 0.0)."""
+        return self.sam.mask_threshold
+
+    def dense_pe(self) -> torch.Tensor:
+        """Positional encoding of the image-embedding grid, 1×256×64×64."""
+        return self.sam.prompt_encoder.get_dense_pe()
+
+    def normalize_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Resized B×3×h×w pixels (0–255) -> normalised, zero-padded B×3×1024×1024 (``Sam.preprocess``)."""
+        return self.sam.preprocess(pixels)
+
     def drop_image_encoder(self, reason: str) -> None:
         """Free the ViT image encoder of a method that never runs it (Open-Vocabulary SAM's
         CLIP2SAM stage and inference: ViT-H is 637 M parameters); pre-processing still works,

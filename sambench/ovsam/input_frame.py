@@ -47,4 +47,4 @@ def eval_pixels(sam, image: np.ndarray, resize: str = "cv2") -> torch.Tensor:
         raise ValueError(f"unknown image resize '{resize}'; valid: {', '.join(IMAGE_RESIZES)}")
     resized = official_test_image(image, sam.image_size)
     pixels = torch.as_tensor(resized, device=sam.device).permute(2, 0, 1).contiguous()[None]
-    return sam.sam.preprocess(pixels)
+    return sam.normalize_pixels(pixels)

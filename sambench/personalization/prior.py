@@ -21,7 +21,7 @@ def reference_cells(sam, mask_rgb: np.ndarray) -> torch.Tensor:
     masks slightly. Padding is exactly 0 in normalised space, hence never foreground.
     """
     normalised = sam.preprocess(mask_rgb)  # 1×3×1024×1024
-    size = sam.sam.image_encoder.img_size // 16
+    size = sam.image_size // 16
     return F.interpolate(normalised, size=(size, size), mode="bilinear")[0, 0] > 0
 
 

@@ -110,7 +110,7 @@ def build(name: str, **kwargs):
 def norm1_inputs(model) -> list[torch.Tensor]:
     """The sequence entering each ViT block ([text ; image] in global attention)."""
     seen = []
-    for block in model.sam.sam.image_encoder.blocks:
+    for block in model.sam.image_encoder.blocks:
         block.norm1.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()) and None)
     return seen
 
@@ -121,7 +121,7 @@ def test_zero_initialised_projections_carry_zeros_into_every_block(name):
     seen = norm1_inputs(model)
     pixels = torch.randn(1, 3, 512, 512)
     model.logits(pixels, ["the red square on the left"])
-    assert len(seen) == len(model.sam.sam.image_encoder.blocks)
+    assert len(seen) == len(model.sam.image_encoder.blocks)
     for sequence in seen:
         assert sequence.shape[1] == 20 + 32 * 32
         assert torch.count_nonzero(sequence[:, :20]) == 0
@@ -149,7 +149,7 @@ def test_injection_wiring(name):
     features, _ = model.text(texts)
     with torch.no_grad():
         model.logits(torch.randn(2, 3, 512, 512), texts)
-    blocks = model.sam.sam.image_encoder.blocks
+    blocks = model.sam.image_encoder.blocks
     assert len(sources) == len(blocks)
     torch.testing.assert_close(sources[0], features.detach())
     for i in range(1, len(blocks)):

@@ -60,7 +60,7 @@ def test_default_spatial_prompts_by_hand(method):
     xs, ys = (np.arange(grid) + 0.5) * 1024 / grid, (np.arange(grid) + 0.5) * (1024 / aspect) / grid
     points = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2)  # row-major: y outer, x inner
     assert np.allclose(grid_points(grid, aspect).numpy(), points, atol=1e-4)
-    encoder = method.sam.sam.prompt_encoder
+    encoder = method.sam.prompt_encoder
     gauss = encoder.pe_layer.positional_encoding_gaussian_matrix.double().numpy()
     coords = 2 * ((points + 0.5) / 1024) - 1
     phase = 2 * np.pi * coords @ gauss
