@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.sambench-installed
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ run: setup
 
 test: setup
 	$(VENV)/bin/pytest -q
+
+# The edit-test loop: everything but the slow and torchrun tests (under 3 minutes on 2 cores).
+test-fast: setup
+	$(VENV)/bin/pytest -q -m "not slow and not distributed"
 
 bench: setup
 	$(PY) tools/bench.py

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sambench.errors import ConfigError
 from sambench.structures import Batch, Prediction
 
 
@@ -30,6 +31,15 @@ class SambenchMethod(nn.Module):
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         return self.training_step(batch)
+
+    def official_files(self, *, name: str, backbone: str, dataset: str, ddp_prefix: bool = False) -> dict[str, dict]:
+        """The model in its authors' checkpoint layout(s) (``tools/export_official.py``): file name
+        -> state dict. ``name`` is the method's config name, ``backbone`` the SAM variant without
+        underscores (``vith``), ``dataset`` the dataset's config name, ``ddp_prefix`` adds
+        ``module.`` where the official loader expects it. Methods without an official layout keep
+        this refusal."""
+        raise ConfigError(f"method '{name}' has no official checkpoint layout; exportable: sam2clip, clip2sam, "
+                          "ovsam, dit_layerwise, dit_e2e")
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """Parameters the optimizer updates (and checkpoints store), by name."""

@@ -1,8 +1,10 @@
 """Registries for methods, datasets and evaluators, and the plugin loader.
 
 ``methods/`` and ``datasets/`` at the repository root are *plugin folders*: they are imported
-under the private package name ``sambench_plugins`` so that a top-level ``datasets`` package is
-never installed or put on ``sys.path`` (Hugging Face ``datasets`` keeps working).
+under the package name ``sambench_plugins`` (``sambench_plugins.methods.ovsam.fpn``) so that a
+top-level ``datasets`` package is never installed or put on ``sys.path`` (Hugging Face
+``datasets`` keeps working). A plugin is a module (``datasets/coco_ov.py``) or a package
+(``methods/ovsam/``: the method, its helpers, its official-checkpoint mapping and its README).
 
 Each registered method class declares ``TASK`` (a string) and each dataset class declares
 ``TASKS`` (a tuple); a method can run on a dataset only if its task is among the dataset's.
@@ -13,42 +15,41 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
-import sys
-import types
 from pathlib import Path
 
 from mmengine.registry import Registry
 
-from sambench import REPO_ROOT
+from sambench import PLUGIN_PACKAGE, REPO_ROOT, install_plugin_package
 from sambench.errors import ConfigError
 
 METHODS = Registry("method")
 DATASETS = Registry("dataset")
 EVALUATORS = Registry("evaluator")
 
-PLUGIN_PACKAGE = "sambench_plugins"
 PLUGIN_FOLDERS = ("methods", "datasets")
 _loaded = False
 
 
+def plugin_names(folder: Path) -> list[str]:
+    """Module (``x.py``) and package (``x/__init__.py``) names in a plugin folder, sorted."""
+    modules = [f.stem for f in folder.glob("*.py") if f.stem != "__init__"]
+    packages = [d.name for d in folder.iterdir() if (d / "__init__.py").is_file()]
+    return sorted(modules + packages)
+
+
 def load_plugins(root: Path = REPO_ROOT) -> None:
-    """Import every ``methods/*.py``, ``datasets/*.py`` and ``sambench/evaluation`` module so
-    their classes register."""
+    """Import every plugin of ``methods/`` and ``datasets/`` and every ``sambench/evaluation``
+    module so their classes register."""
     global _loaded
     if _loaded:
         return
-    package = sys.modules.get(PLUGIN_PACKAGE)
-    if package is None:
-        package = types.ModuleType(PLUGIN_PACKAGE)
-        package.__path__ = [str(root)]
-        sys.modules[PLUGIN_PACKAGE] = package
+    install_plugin_package(root)
     evaluation = importlib.import_module("sambench.evaluation")
     for info in pkgutil.iter_modules(evaluation.__path__):
         importlib.import_module(f"sambench.evaluation.{info.name}")
     for folder in PLUGIN_FOLDERS:
-        for file in sorted((root / folder).glob("*.py")):
-            if file.stem != "__init__":
-                importlib.import_module(f"{PLUGIN_PACKAGE}.{folder}.{file.stem}")
+        for name in plugin_names(root / folder):
+            importlib.import_module(f"{PLUGIN_PACKAGE}.{folder}.{name}")
     _loaded = True
 
 

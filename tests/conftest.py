@@ -1,26 +1,29 @@
-"""Shared fixtures: a tiny SAM, isolated caches, and a runner for the command-line tools.
+"""Shared fixtures: isolated caches and a trained run of the embedded default.
 
-Tests that need the real data samples in ``../shared/data`` skip (with that reason) when the
-folder is absent; everything else runs offline on generated data.
+Markers (``setup.cfg``): ``needs_shared`` tests read ``../shared/data`` and are skipped, with that
+reason, when the folder is absent; ``distributed`` tests start torchrun; ``slow`` tests take more
+than a few seconds. ``make test-fast`` runs ``-m "not slow and not distributed"``; ``make test``
+runs everything. Helpers (tiny SAM, synthetic data, ``run_tool``) live in ``sambench.testing``.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-TINY_SAM = dict(
-    name="sam_tiny", variant="tiny", encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
-    encoder_global_attn_indexes=[1], allow_random_init=True,
-)
+from sambench.testing import SHARED_DATA, run_tool
 
-needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data beside the checkout")
+
+def pytest_collection_modifyitems(config, items):
+    """Skip ``needs_shared`` tests, saying why, when ``../shared/data`` is absent."""
+    if SHARED_DATA.is_dir():
+        return
+    skip = pytest.mark.skip(reason=f"needs ../shared/data beside the checkout ({SHARED_DATA} is absent)")
+    for item in items:
+        if "needs_shared" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -36,18 +39,6 @@ def _isolated_environment(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-
-
-def run_tool(*args: str, torchrun: int = 0, env: dict | None = None, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run ``python tools/<script> args`` (or under ``torchrun --nproc_per_node``); scripts are
-    given relative to the repository."""
-    prefix = [sys.executable]
-    if torchrun:
-        prefix += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}"]
-    full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
-        [*prefix, str(REPO / args[0]), *args[1:]], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
-    )
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,8 @@ then ``tools/eval.py method=ovsam dataset=coco_ov dataset.class_names_file=coco_
 
 import sys
 
-from sambench.cli.class_names import main
+import sambench  # noqa: F401  (makes the plugin folders importable as sambench_plugins)
+
+from sambench_plugins.methods.ovsam.class_names_cli import main
 
 sys.exit(main())

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sambench.data.refcoco_synthetic import write_synthetic_refcoco
+from sambench.testing.refcoco_synthetic import write_synthetic_refcoco
 from sambench.errors import SambenchError
 
 

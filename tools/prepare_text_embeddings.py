@@ -6,7 +6,7 @@ methods would otherwise generate them on first use) and ``<run dir>/text_embeddi
 """
 
 from sambench.cli.launch import launch
-from sambench.cli.text_embeddings import prepare_text_embeddings
+from sambench_plugins.methods.ovsam.text_embeddings_cli import prepare_text_embeddings
 
 if __name__ == "__main__":
     launch(prepare_text_embeddings, "train")

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from sambench import REPO_ROOT, __version__
 from sambench.backbones.sam import SamBackbone
 from sambench.cli.config_types import FLAGS, check_flags, check_section, check_trainer
-from sambench.engine import dist
+from sambench import dist
 from sambench.data.base import DEFAULT_MAX_IMAGE_PIXELS, set_max_image_pixels
 from sambench.errors import ConfigError, DatasetError
 from sambench.files import write_json_atomic, write_text_atomic

@@ -20,14 +20,11 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from sambench.cli.build import build_backbone, build_method
-from sambench.engine.checkpoint import LAST, load_checkpoint, save_atomic
+from sambench.checkpoint import LAST, load_checkpoint, save_atomic
 from sambench.engine.loop import load_trainable
 from sambench.errors import ConfigError
-from sambench.official.ovsam_checkpoint import export_official_clip2sam, export_official_sam2clip
 
 log = logging.getLogger("sambench")
-OVSAM = ("clip2sam", "ovsam")
-DIT = ("dit_layerwise", "dit_e2e")
 
 
 def load_run(run_dir: Path):
@@ -37,9 +34,6 @@ def load_run(run_dir: Path):
         raise ConfigError(f"{run_dir} is not a sambench run folder (no config.yaml)")
     cfg = OmegaConf.load(config_file)
     cfg.cache.enabled = False
-    if cfg.method.name not in (*OVSAM, *DIT, "sam2clip"):
-        raise ConfigError(f"method '{cfg.method.name}' has no official layout; exportable: sam2clip, "
-                          f"{', '.join(OVSAM)}, {', '.join(DIT)}")
     model = build_method(cfg, build_backbone(cfg))
     if checkpoint.is_file():
         state = load_checkpoint(checkpoint)
@@ -53,19 +47,11 @@ def load_run(run_dir: Path):
 def export_run(run_dir: str | Path, out: str | Path, ddp_prefix: bool = False) -> list[Path]:
     """Write the official files of ``run_dir`` into ``out``; returns their paths."""
     cfg, model = load_run(Path(run_dir))
+    files = model.official_files(  # the method knows its authors' layout (methods/<name>/official_checkpoint.py)
+        name=cfg.method.name, backbone=cfg.backbone.get("variant", "sam").replace("_", ""), dataset=cfg.dataset.name,
+        ddp_prefix=ddp_prefix,
+    )
     out = Path(out)
-    name = cfg.method.name
-    files: dict[str, dict] = {}
-    if name in DIT:
-        from sambench.official.dit_checkpoint import export_official_dit
-
-        files[f"dit_{name}.pth"] = export_official_dit(model, ddp_prefix=ddp_prefix)
-    else:
-        sam = cfg.backbone.get("variant", "sam").replace("_", "")
-        clip = str(cfg.method.clip.model).lower().replace("-", "")
-        files[f"sam2clip_{sam}_{clip}.pth"] = export_official_sam2clip(model)
-        if name in OVSAM:
-            files[f"clip2sam_{cfg.dataset.name.removesuffix('_ov')}_{clip}.pth"] = export_official_clip2sam(model)
     paths = []
     for file_name, state in files.items():
         save_atomic(state, out / file_name)

@@ -14,8 +14,8 @@ from sambench.cli.build import (
     seed_everything, write_json_atomic, write_run_files,
 )
 from sambench.data.loader import eval_loader
-from sambench.engine import dist
-from sambench.engine.checkpoint import load_checkpoint, resolve_checkpoint
+from sambench import dist
+from sambench.checkpoint import load_checkpoint, resolve_checkpoint
 from sambench.engine.evaluate import evaluate, merge_label_files
 from sambench.engine.loop import Trainer, load_trainable
 from sambench.engine.precision import check_precision, set_strict_fp32

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sambench import CONFIG_DIR, REPO_ROOT
 from sambench.cli.build import check_config
-from sambench.engine import dist
+from sambench import dist
 from sambench.errors import ConfigError, SambenchError
 from sambench.registry import closest
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from sambench.engine.dist import rank, world_size
+from sambench.dist import rank, world_size
 from sambench.structures import collate
 
 

@@ -40,7 +40,7 @@ from sambench.data.base import (
     size_mismatch_hint,
     walk_files,
 )
-from sambench.engine import dist
+from sambench import dist
 from sambench.errors import ConfigError, DatasetError
 from sambench.files import write_json_atomic
 from sambench.logging.console import progress

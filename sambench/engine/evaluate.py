@@ -13,7 +13,7 @@ import torch
 from sambench.engine.precision import autocast
 from sambench.files import write_json_atomic, write_npy_atomic
 from sambench.logging.console import progress
-from sambench.engine.dist import rank
+from sambench.dist import rank
 from sambench.structures import Prediction, Sample
 from sambench.vis import instance_id_map, overlay_masks, save_png_atomic
 

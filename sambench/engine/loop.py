@@ -11,8 +11,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from sambench.data.loader import eval_loader, start_epoch, train_loader
-from sambench.engine import dist
-from sambench.engine.checkpoint import LAST, load_checkpoint, rng_state, save_atomic, set_rng_state
+from sambench import dist
+from sambench.checkpoint import LAST, load_checkpoint, rng_state, save_atomic, set_rng_state
 from sambench.engine.ema import ParameterEMA
 from sambench.engine.evaluate import evaluate
 from sambench.engine.hooks import CheckpointHook, EvaluationHook, Hook, LossLoggingHook

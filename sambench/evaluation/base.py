@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sambench.engine.dist import all_gather_objects
+from sambench.dist import all_gather_objects
 from sambench.structures import Batch, Prediction
 
 

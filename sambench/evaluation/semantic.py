@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sambench.engine import dist
+from sambench import dist
 from sambench.registry import EVALUATORS
 
 IGNORE = 255

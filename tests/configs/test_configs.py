@@ -6,7 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SHARED_DATA
+from sambench.testing import REPO, SHARED_DATA
 import numpy as np
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -16,10 +16,10 @@ import sambench.cli.launch  # noqa: F401  (registers the run-folder stamp resolv
 from sambench import CONFIG_DIR
 from sambench.cli.build import build_backbone, build_dataset, build_evaluator, build_method, check_config
 from sambench.cli.launch import GROUPS, check_group_choices
-from sambench.data import semantic_synthetic
-from sambench.data.coco_synthetic import write_synthetic_coco
-from sambench.data.lvis_synthetic import write_synthetic_lvis
-from sambench.data.refcoco_synthetic import write_synthetic_refcoco
+from sambench.testing import semantic_synthetic
+from sambench.testing.coco_synthetic import write_synthetic_coco
+from sambench.testing.lvis_synthetic import write_synthetic_lvis
+from sambench.testing.refcoco_synthetic import write_synthetic_refcoco
 from sambench.errors import ConfigError
 from sambench.method import SambenchMethod
 from sambench.registry import DATASETS, METHODS, check_pairing, load_plugins, lookup

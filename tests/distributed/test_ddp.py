@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 import torch
-from conftest import REPO, TINY_SAM, run_tool
+from sambench.testing import REPO, TINY_SAM, run_tool
 
 from sambench.backbones.sam import SamBackbone
+
+pytestmark = pytest.mark.distributed
 
 # torchrun sets OMP_NUM_THREADS=1 in every rank; CPU kernels with another thread count sum in
 # another order (~1e-8), so the 1-process references run with one thread too: exact comparisons.
@@ -74,7 +78,7 @@ def test_multirun_under_torchrun_is_refused(tmp_path):
 def test_two_rank_referring_evaluation_gathers_global_oiou(tmp_path):
     """DIT on a generated RefCOCO copy, 7 expressions over 2 ranks (one padded): oIoU is the global
     ΣI/ΣU, so the 2-rank numbers equal the 1-rank ones exactly (a mean of per-rank values would not)."""
-    from sambench.data.refcoco_synthetic import write_synthetic_refcoco
+    from sambench.testing.refcoco_synthetic import write_synthetic_refcoco
 
     root = write_synthetic_refcoco(tmp_path / "refer", num_images=12)
     common = ["method=dit_layerwise", f"dataset.root={root}", "dataset.max_samples=7", "trainer.device=cpu",
@@ -94,7 +98,7 @@ def test_two_rank_referring_evaluation_gathers_global_oiou(tmp_path):
 def test_two_rank_semantic_evaluation_equals_one_rank(tmp_path):
     """3 validation images over 2 ranks (the sampler repeats one): the all-reduced confusion
     matrix counts each image once, so the 2-rank metrics equal the 1-rank ones."""
-    from sambench.data.semantic_synthetic import write_synthetic_cityscapes
+    from sambench.testing.semantic_synthetic import write_synthetic_cityscapes
 
     root = write_synthetic_cityscapes(tmp_path / "cityscapes", train_images=2, val_images=3)
     args = ["tools/eval.py", "method=zero_shot_prompts", f"dataset.root={root}", "method.grid=2",

@@ -5,11 +5,15 @@ tests/smoke/test_cli.py::test_unreadable_image)."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 import numpy as np
-from conftest import run_tool
+from sambench.testing import run_tool
 from PIL import Image
+
+pytestmark = pytest.mark.slow
 
 TINY = ["trainer.device=cpu"]
 

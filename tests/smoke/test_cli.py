@@ -7,7 +7,9 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import SHARED_DATA, needs_shared, run_tool
+from sambench.testing import SHARED_DATA, needs_shared, run_tool
+
+pytestmark = pytest.mark.slow
 
 TINY = ["trainer.device=cpu"]
 

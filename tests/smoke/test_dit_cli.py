@@ -9,13 +9,15 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_SAM, run_tool
+from sambench.testing import TINY_SAM, run_tool
 
 from sambench.backbones.sam import SamBackbone
-from sambench.data.refcoco_synthetic import write_synthetic_refcoco
-from sambench.official.dit_checkpoint import export_official_dit
+from sambench.testing.refcoco_synthetic import write_synthetic_refcoco
+from sambench_plugins.methods.dit.official_checkpoint import export_official_dit
 from sambench.registry import DATASETS, METHODS, load_plugins
 from sambench.structures import Batch
+
+pytestmark = pytest.mark.slow
 
 TINY = ["trainer.device=cpu", "trainer.batch_size=2", "trainer.eval_batch_size=4"]
 RIS_KEYS = {"oIoU", "mIoU", "P@0.5", "P@0.7", "P@0.9"}
@@ -138,7 +140,7 @@ def test_benchmark_script_prints_the_side_by_side_table():
 
 def test_export_official_tool_writes_the_runs_ema_weights(dit_run, tmp_path):
     """tools/export_official.py on a trained run: the authors' layout, holding the run's EMA tensors."""
-    from sambench.official.dit_checkpoint import official_name
+    from sambench_plugins.methods.dit.official_checkpoint import official_name
 
     result = run_tool("tools/export_official.py", str(dit_run), "--out", str(tmp_path / "official"), "--ddp-prefix")
     assert result.returncode == 0, result.stderr[-3000:]

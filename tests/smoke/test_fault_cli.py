@@ -3,9 +3,13 @@ line, no traceback, and no half-published results."""
 
 from __future__ import annotations
 
+import pytest
+
 import shutil
 
-from conftest import REPO, run_tool
+from sambench.testing import REPO, run_tool
+
+pytestmark = pytest.mark.slow
 
 
 def assert_one_error_line(result, *fragments: str) -> None:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import SHARED_DATA, TINY_SAM, needs_shared, run_tool
+from sambench.testing import SHARED_DATA, TINY_SAM, needs_shared, run_tool
 from PIL import Image
 
-from sambench.data.coco_synthetic import COCO_CATEGORIES, write_synthetic_coco
+from sambench.testing.coco_synthetic import COCO_CATEGORIES, write_synthetic_coco
 from sambench.registry import DATASETS, load_plugins
+
+pytestmark = pytest.mark.slow
 
 load_plugins()
 
@@ -120,12 +124,12 @@ def test_prepare_text_embeddings_fills_the_cache_the_method_reads(tmp_path, monk
     assert summary["train"]["classes"] == 48 and summary["eval"]["classes"] == 65
     assert all(Path(entry["file"]).is_file() for entry in summary.values())
     from sambench.backbones.sam import SamBackbone
-    from sambench.ovsam import vocabulary
+    from sambench_plugins.methods.ovsam import vocabulary
     from sambench.registry import METHODS, load_plugins
 
     load_plugins()
     monkeypatch.setattr(vocabulary, "build_text_embeddings", None)  # must not be needed: read from the cache
-    monkeypatch.setattr("sambench.ovsam.text_embeddings.build_text_embeddings", None)
+    monkeypatch.setattr("sambench_plugins.methods.ovsam.text_embeddings.build_text_embeddings", None)
     model = METHODS.get("ovsam")(sam=SamBackbone(**TINY_SAM), clip={"model": "tiny_rn", "allow_random_init": True},
                                  adapter={"depth": 1, "num_heads": 2}, allow_untrained=True, cache_dir=str(cache))
     names = DATASETS.get("coco_ov")(split="eval", root=str(coco)).class_names

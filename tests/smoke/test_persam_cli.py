@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
-from conftest import REPO, SHARED_DATA, needs_shared, run_tool
+from sambench.testing import REPO, SHARED_DATA, needs_shared, run_tool
 from PIL import Image
 import numpy as np
+
+pytestmark = pytest.mark.slow
 
 BUNDLED = REPO / "datasets" / "perseg_sample"
 

@@ -7,10 +7,12 @@ import json
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, needs_shared, run_tool
+from sambench.testing import SHARED_DATA, needs_shared, run_tool
 from PIL import Image
 
-from sambench.data.semantic_synthetic import write_synthetic_acdc, write_synthetic_cityscapes
+from sambench.testing.semantic_synthetic import write_synthetic_acdc, write_synthetic_cityscapes
+
+pytestmark = pytest.mark.slow
 
 FAST = ["method.grid=2", "trainer.device=cpu", "trainer.batch_size=2", "trainer.eval_batch_size=2"]
 

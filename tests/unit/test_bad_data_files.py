@@ -28,7 +28,7 @@ from sambench.data.coco_format import (
     segmentation_problem,
 )
 from sambench.data.refer_json import load_refs
-from sambench.data.semantic_synthetic import write_synthetic_cityscapes
+from sambench.testing.semantic_synthetic import write_synthetic_cityscapes
 from sambench.errors import ConfigError, DatasetError
 from sambench.registry import DATASETS, load_plugins
 

@@ -8,17 +8,17 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_SAM
+from sambench.testing import TINY_SAM
 
 from sambench.backbones.sam import SamBackbone
 from sambench.backbones.sam_extensions import run_single_mask_decoder
-from sambench.data.coco_synthetic import write_synthetic_coco
-from sambench.engine.checkpoint import save_atomic
+from sambench.testing.coco_synthetic import write_synthetic_coco
+from sambench.checkpoint import save_atomic
 from sambench.errors import CheckpointError, ConfigError
 from sambench.evaluation.open_vocab import OpenVocabEvaluator
-from sambench.ovsam.augment import large_scale_jitter
-from sambench.ovsam.classifier import clip_valid
-from sambench.ovsam.prompting import DetectionBoxes, num_box_prompts, random_foreground_points, training_prompt_indices
+from sambench_plugins.methods.ovsam.augment import large_scale_jitter
+from sambench_plugins.methods.ovsam.classifier import clip_valid
+from sambench_plugins.methods.ovsam.prompting import DetectionBoxes, num_box_prompts, random_foreground_points, training_prompt_indices
 from sambench.prompts import mask_boxes
 from sambench.registry import DATASETS, METHODS, load_plugins
 from sambench.structures import collate

@@ -4,7 +4,7 @@ sizes (SAM ViT-H, CLIP RN50x16, 1024², 10 box prompts), on the meta device."""
 from __future__ import annotations
 
 import torch
-from conftest import run_tool
+from sambench.testing import run_tool
 
 from sambench.backbones.sam import SamBackbone
 from sambench.cli.flops import PAPER, count, measure

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, needs_shared
+from sambench.testing import SHARED_DATA, needs_shared
 from PIL import Image
 
 from sambench.data.base import inside_root

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageFilter
 
-from sambench.instruction.pil_steps import Augmentation, draw_augmentation
-from sambench.instruction.preprocess import ReferringPreprocessor, swap_left_right
-from conftest import REPO, SHARED_DATA
+from sambench_plugins.methods.dit.pil_steps import Augmentation, draw_augmentation
+from sambench_plugins.methods.dit.preprocess import ReferringPreprocessor, swap_left_right
+from sambench.testing import REPO, SHARED_DATA
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_SAM
+from sambench.testing import TINY_SAM
 from segment_anything.modeling.image_encoder import Block
 
 from sambench.backbones.joint_attention import joint_block, resized_pos_embed
 from sambench.backbones.sam import SamBackbone
 from sambench.backbones.sam_extensions import run_image_encoder, run_mask_decoder
 from sambench.errors import ConfigError
-from sambench.instruction.decoder_layers import ExtraDecoderLayers
+from sambench_plugins.methods.dit.decoder_layers import ExtraDecoderLayers
 from sambench.registry import METHODS, load_plugins
 from sambench.structures import Batch, Sample
 

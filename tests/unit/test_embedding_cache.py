@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as tmp_mp
 
-from conftest import TINY_SAM
+from sambench.testing import TINY_SAM
 
 from sambench.cache import EmbeddingCache
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_SAM
+from sambench.testing import TINY_SAM
 
 from sambench.backbones.sam import SamBackbone
-from sambench.engine.checkpoint import LAST, load_checkpoint, save_atomic
+from sambench.checkpoint import LAST, load_checkpoint, save_atomic
 from sambench.engine.ema import ParameterEMA
 from sambench.engine.loop import Trainer, epochs_to_steps
 from sambench.engine.schedules import lr_multiplier

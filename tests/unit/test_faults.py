@@ -15,8 +15,8 @@ from sambench import CONFIG_DIR
 from sambench.cli.build import check_config
 from sambench.cli.jobs import publish_predictions
 from sambench.cli.launch import check_overrides
-from sambench.engine import dist
-from sambench.engine.checkpoint import LAST, load_checkpoint
+from sambench import dist
+from sambench.checkpoint import LAST, load_checkpoint
 from sambench.errors import ConfigError, OutputError
 from sambench.files import remove_stale_temporaries, write_json_atomic
 from sambench.logging.jsonl import JsonlWriter

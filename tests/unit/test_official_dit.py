@@ -8,12 +8,12 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_SAM
+from sambench.testing import TINY_SAM
 
 from sambench.backbones.sam import SamBackbone
 from sambench.backbones.text import SPECIAL_TOKENS, BertTextEncoder
 from sambench.errors import CheckpointError, ConfigError
-from sambench.official.dit_checkpoint import (
+from sambench_plugins.methods.dit.official_checkpoint import (
     export_official_dit, import_official_dit, official_key_map, official_layout, unused_official_tensors,
 )
 from sambench.registry import METHODS, load_plugins

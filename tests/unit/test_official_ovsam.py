@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_SAM
+from sambench.testing import TINY_SAM
 
 from sambench.backbones.sam import SamBackbone
-from sambench.data.coco_synthetic import write_synthetic_coco
+from sambench.testing.coco_synthetic import write_synthetic_coco
 from sambench.errors import CheckpointError
-from sambench.official.ovsam_checkpoint import (
+from sambench_plugins.methods.ovsam.official_checkpoint import (
     export_official_clip2sam, export_official_sam2clip, official_clip2sam_tensors, official_sam2clip_tensors,
 )
 from sambench.registry import DATASETS, METHODS, load_plugins

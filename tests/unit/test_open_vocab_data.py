@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA, needs_shared
+from sambench.testing import SHARED_DATA, needs_shared
 
 from sambench.data.base import OPEN_VOCAB_INSTANCE
-from sambench.data.lvis_synthetic import RARE_IDS, write_synthetic_lvis
+from sambench.testing.lvis_synthetic import RARE_IDS, write_synthetic_lvis
 from sambench.data.open_vocab import COCO_BASE_IDS, COCO_NOVEL_IDS, synonyms
 from sambench.errors import ConfigError
 from sambench.evaluation.open_vocab import OpenVocabEvaluator, apply_numpy_float_shim

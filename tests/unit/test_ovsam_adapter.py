@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_SAM
+from sambench.testing import TINY_SAM
 
 from sambench.backbones.sam import SamBackbone
-from sambench.ovsam.adapter import Sam2ClipAdapter
+from sambench_plugins.methods.ovsam.adapter import Sam2ClipAdapter
 
 TINY = dict(in_channels=(32, 64, 128, 256), dim=32, num_heads=2, depth=2, grid=64, window=14)
 

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_SAM
+from sambench.testing import TINY_SAM
 
 from sambench.backbones.clip import CLIP_MEAN, CLIP_STD, ClipBackbone
 from sambench.backbones.sam import SamBackbone
-from sambench.data.coco_synthetic import write_synthetic_coco
+from sambench.testing.coco_synthetic import write_synthetic_coco
 from sambench.errors import ConfigError
 from sambench.evaluation.open_vocab import OpenVocabEvaluator
-from sambench.ovsam.region_crops import mask_crops, mask_weights, pool_in_masks
-from sambench.prompt_learning.coop import CoOpContext
+from sambench_plugins.methods.ovsam.region_crops import mask_crops, mask_weights, pool_in_masks
+from sambench.backbones.clip_context import CoOpContext
 from sambench.registry import DATASETS, METHODS, load_plugins
 from sambench.structures import Batch
 

@@ -1,4 +1,4 @@
-"""Unit tests of the OV-SAM CLIP2SAM building blocks (sambench/ovsam)."""
+"""Unit tests of the OV-SAM CLIP2SAM building blocks (methods/ovsam)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from sambench.ovsam.classifier import cosine_logits, ensemble_labels, geometric_ensemble
-from sambench.ovsam.fpn import FPN
-from sambench.ovsam.losses import classification_loss, point_mask_losses
-from sambench.ovsam.point_sampling import point_sample, uncertain_point_coords
-from sambench.ovsam.roi import RegionEmbedding, map_roi_levels, multi_level_roi_align
-from sambench.ovsam.text_embeddings import (VILD_TEMPLATES, build_text_embeddings, cached_text_embeddings,
+from sambench_plugins.methods.ovsam.classifier import cosine_logits, ensemble_labels, geometric_ensemble
+from sambench_plugins.methods.ovsam.fpn import FPN
+from sambench_plugins.methods.ovsam.losses import classification_loss, point_mask_losses
+from sambench_plugins.methods.ovsam.point_sampling import point_sample, uncertain_point_coords
+from sambench_plugins.methods.ovsam.roi import RegionEmbedding, map_roi_levels, multi_level_roi_align
+from sambench_plugins.methods.ovsam.text_embeddings import (VILD_TEMPLATES, build_text_embeddings, cached_text_embeddings,
                                              class_synonyms)
 
 

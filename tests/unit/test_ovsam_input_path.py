@@ -1,7 +1,7 @@
 """Open-Vocabulary SAM's input path against independent computations written here (cv2, PIL,
 numpy, scipy; never the sambench function under test): the official mmdet/mmcv test pipeline
 (resize, normalisation, padding, point and box prompts, mask post-processing, RoI boxes) and
-the LSJ training pipeline (resize rule, interpolation, masks, flip). methods/ovsam.md has the table."""
+the LSJ training pipeline (resize rule, interpolation, masks, flip). methods/ovsam/README.md has the table."""
 
 from __future__ import annotations
 
@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SHARED_DATA, TINY_SAM, needs_shared
+from sambench.testing import SHARED_DATA, TINY_SAM, needs_shared
 from PIL import Image
 from pycocotools.coco import COCO
 from scipy.ndimage import correlate
 
 from sambench.backbones.sam import SamBackbone
 from sambench.data.base import read_image
-from sambench.data.coco_synthetic import write_synthetic_coco
-from sambench.ovsam.augment import large_scale_jitter, resize_masks_nearest
-from sambench.ovsam.center_points import official_center_points
-from sambench.ovsam.input_frame import eval_pixels, rescale_size
+from sambench.testing.coco_synthetic import write_synthetic_coco
+from sambench_plugins.methods.ovsam.augment import large_scale_jitter, resize_masks_nearest
+from sambench_plugins.methods.ovsam.center_points import official_center_points
+from sambench_plugins.methods.ovsam.input_frame import eval_pixels, rescale_size
 from sambench.registry import DATASETS, METHODS, load_plugins
 from sambench.structures import collate
 
@@ -235,7 +235,7 @@ def test_nearest_mask_resize_is_cv2s_rule_where_torch_nearest_is_not():
 # ----- the baselines (sambench's design; the paper has no code) ---------------------------------
 def test_image_crop_is_the_tight_box_stretched_bicubic_as_pil():
     from sambench.backbones.clip import CLIP_MEAN, CLIP_STD
-    from sambench.ovsam.region_crops import mask_crops
+    from sambench_plugins.methods.ovsam.region_crops import mask_crops
 
     rng = np.random.default_rng(3)
     image = rng.integers(0, 256, (90, 130, 3), dtype=np.uint8)

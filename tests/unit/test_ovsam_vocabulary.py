@@ -11,13 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sambench.cli.class_names import main as make_class_names_main
-from sambench.cli.class_names import make_class_names
-from sambench.data.coco_synthetic import COCO_CATEGORIES, write_synthetic_coco
+from sambench_plugins.methods.ovsam.class_names_cli import main as make_class_names_main
+from sambench_plugins.methods.ovsam.class_names_cli import make_class_names
+from sambench.testing.coco_synthetic import COCO_CATEGORIES, write_synthetic_coco
 from sambench.errors import ConfigError, DatasetError
-from sambench.ovsam.classifier import cosine_logits
-from sambench.ovsam.text_embeddings import VILD_TEMPLATES
-from sambench.ovsam.vocabulary import TextEmbeddingBank
+from sambench_plugins.methods.ovsam.classifier import cosine_logits
+from sambench_plugins.methods.ovsam.text_embeddings import VILD_TEMPLATES
+from sambench_plugins.methods.ovsam.vocabulary import TextEmbeddingBank
 from sambench.registry import DATASETS, load_plugins
 
 load_plugins()

@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_SAM
+from sambench.testing import TINY_SAM
 from PIL import Image
 
 from sambench.backbones.sam import SamBackbone
 from sambench.errors import DatasetError
-from sambench.personalization.guided_decoder import PerSAMTransformer, guided_attention
-from sambench.personalization.prior import (
+from sambench_plugins.methods.persam.guided_decoder import PerSAMTransformer, guided_attention
+from sambench_plugins.methods.persam.prior import (
     foreground_features, guidance, local_similarity_map, location_prior, mask_box, reference_cells,
     similarity_map,
 )
-from sambench.personalization.scale_weights import MaskScaleWeights, fit_scale_weights, persam_f_loss
+from sambench_plugins.methods.persam.scale_weights import MaskScaleWeights, fit_scale_weights, persam_f_loss
 from sambench.registry import METHODS, load_plugins
 from sambench.structures import Batch, Reference, Sample
 
@@ -293,7 +293,7 @@ def test_persam_f_fits_saves_and_reloads(sam, tmp_path, monkeypatch):
     saved = torch.load(tmp_path / "persam_f_weights" / "toy.pt", weights_only=True)
     fitted = method.adapt(sample()).scale_weights.weights
     assert torch.equal(saved["weights"], fitted.detach())
-    monkeypatch.setattr("sambench_plugins.methods.persam.fit_scale_weights", lambda *a, **k: pytest.fail("refitted"))
+    monkeypatch.setattr("sambench_plugins.methods.persam.persam.fit_scale_weights", lambda *a, **k: pytest.fail("refitted"))
     reloaded = METHODS.get("persam_f")(sam=sam, weights_dir=str(tmp_path / "persam_f_weights"))
     assert torch.equal(reloaded.adapt(sample()).scale_weights.weights.detach(), fitted.detach())
     assert torch.equal(reloaded.predict(Batch([sample()]))[0].masks, prediction.masks)

@@ -1,4 +1,4 @@
-"""PerSAM / PerSAM-F input path (methods/persam.md, "Input path" table): each row against an
+"""PerSAM / PerSAM-F input path (methods/persam/README.md, "Input path" table): each row against an
 independent computation (PIL + numpy in ``input_path_reference``), on the bundled PerSeg photos,
 and the official flow written out with upstream ``SamPredictor`` (its numpy API, as the official
 ``persam.py`` / ``persam_f.py`` call it)."""
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, SHARED_DATA, TINY_SAM, needs_shared
+from sambench.testing import REPO, SHARED_DATA, TINY_SAM, needs_shared
 from input_path_reference import (
     SAM_MEAN, SAM_STD, bilinear, real_photo_crops, sam_canvas, sam_new_size, sam_postprocess, scale_coords,
 )
@@ -19,8 +19,8 @@ from segment_anything import SamPredictor
 
 from sambench.backbones.sam import SamBackbone
 from sambench.data.base import read_image
-from sambench.personalization.prior import guidance, location_prior, mask_box, reference_cells, similarity_map
-from sambench.personalization.scale_weights import MaskScaleWeights
+from sambench_plugins.methods.persam.prior import guidance, location_prior, mask_box, reference_cells, similarity_map
+from sambench_plugins.methods.persam.scale_weights import MaskScaleWeights
 from sambench.registry import METHODS, load_plugins
 from sambench.structures import Reference, Sample
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, SHARED_DATA, needs_shared
+from sambench.testing import REPO, SHARED_DATA, needs_shared
 from PIL import Image
 
 from sambench.errors import ConfigError, DatasetError

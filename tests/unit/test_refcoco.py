@@ -10,11 +10,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_tool
+from sambench.testing import REPO, run_tool
 from omegaconf import OmegaConf
 
 from sambench.data.base import REFERRING
-from sambench.data.refcoco_synthetic import COLOURS, write_synthetic_refcoco
+from sambench.testing.refcoco_synthetic import COLOURS, write_synthetic_refcoco
 from sambench.data.refer_json import export_refs_json, select_refs
 from sambench.errors import ConfigError, DatasetError
 from sambench.registry import DATASETS, load_plugins
@@ -296,14 +296,14 @@ def test_synthetic_dataset_is_deterministic_and_covers_every_split(tmp_path):
 
 def test_tools_make_sample_and_export_json(tmp_path):
     out = tmp_path / "refer"
-    made = run_tool("tools/make_refcoco_sample.py", str(out), "--num-images", "8", "--seed", "1", timeout=120)
+    made = run_tool("tools/make_refcoco_sample.py", str(out), "--num-images", "8", "--seed", "1")
     assert made.returncode == 0, made.stderr
     pickle_path = out / "refcoco" / REFS
     assert pickle_path.is_file() and len(list((out / "images/mscoco/images/train2014").glob("*.jpg"))) == 8
-    exported = run_tool("tools/export_refs_json.py", str(pickle_path), timeout=120)
+    exported = run_tool("tools/export_refs_json.py", str(pickle_path))
     assert exported.returncode == 0, exported.stderr
     assert json.loads((out / "refcoco" / "refs(unc).json").read_text()) == json.loads(json.dumps(read_refs(out)))
-    custom = run_tool("tools/export_refs_json.py", str(pickle_path), str(tmp_path / "mine.json"), timeout=120)
+    custom = run_tool("tools/export_refs_json.py", str(pickle_path), str(tmp_path / "mine.json"))
     assert custom.returncode == 0 and (tmp_path / "mine.json").is_file()
-    missing = run_tool("tools/export_refs_json.py", str(tmp_path / "absent.p"), timeout=120)
+    missing = run_tool("tools/export_refs_json.py", str(tmp_path / "absent.p"))
     assert missing.returncode == 2 and "error: pickle file not found" in missing.stderr

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sambench.evaluation.referring import ReferringEvaluator
-from sambench.instruction.preprocess import letterbox, placement, unletterbox
+from sambench_plugins.methods.dit.preprocess import letterbox, placement, unletterbox
 from sambench.structures import Batch, Prediction, Sample
 
 

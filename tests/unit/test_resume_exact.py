@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_SAM
+from sambench.testing import TINY_SAM
 
 from sambench.backbones.sam import SamBackbone
-from sambench.data.refcoco_synthetic import write_synthetic_refcoco
-from sambench.engine.checkpoint import LAST, load_checkpoint
+from sambench.testing.refcoco_synthetic import write_synthetic_refcoco
+from sambench.checkpoint import LAST, load_checkpoint
 from sambench.engine.hooks import CheckpointHook, Hook, LossLoggingHook
 from sambench.engine.loop import Trainer
 from sambench.evaluation.referring import ReferringEvaluator

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_SAM
+from sambench.testing import TINY_SAM
 from PIL import Image
 
 from sambench.backbones.sam import SamBackbone

@@ -1,4 +1,4 @@
-"""sam_prompted input path (methods/sam_prompted.md): GT boxes and interior points against
+"""sam_prompted input path (methods/sam_prompted/README.md): GT boxes and interior points against
 numpy written out here, the prompt frame at SAM's prompt encoder computed by hand, and the
 masks against upstream ``SamPredictor.predict`` (its numpy API) on a real photo."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY_SAM
+from sambench.testing import REPO, TINY_SAM
 from input_path_reference import scale_coords
 from PIL import Image
 from segment_anything import SamPredictor

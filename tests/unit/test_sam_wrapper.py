@@ -9,7 +9,7 @@ import pytest
 import torch
 from segment_anything import SamPredictor
 
-from conftest import TINY_SAM
+from sambench.testing import TINY_SAM
 
 from sambench.backbones.sam import SamBackbone
 from sambench.backbones.sam_extensions import default_transformer_fn

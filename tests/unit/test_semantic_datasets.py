@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, SHARED_DATA, needs_shared
+from sambench.testing import REPO, SHARED_DATA, needs_shared
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -26,7 +26,7 @@ from sambench.data.semantic import (
     few_shot_selection,
     reduce_zero_label,
 )
-from sambench.data.semantic_synthetic import (
+from sambench.testing.semantic_synthetic import (
     MAPILLARY_V12_NAMES,
     write_synthetic_acdc,
     write_synthetic_ade20k,

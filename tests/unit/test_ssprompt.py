@@ -6,16 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_SAM
+from sambench.testing import TINY_SAM
 from safetensors.torch import save_file
 
 from sambench.backbones.clip import ClipBackbone
 from sambench.backbones.sam import SamBackbone
 from sambench.errors import CheckpointError, ConfigError
 from sambench.evaluation.semantic import SemanticEvaluator, confusion, iou_from_confusion
-from sambench.prompt_learning.defaults import grid_points
-from sambench.prompt_learning.fusion import PromptFusion
-from sambench.prompt_learning.mask_classifier import pooled_mask_features, semantic_loss, semantic_scores
+from sambench_plugins.methods.ssprompt.defaults import grid_points
+from sambench_plugins.methods.ssprompt.fusion import PromptFusion
+from sambench_plugins.methods.ssprompt.mask_classifier import pooled_mask_features, semantic_loss, semantic_scores
 from sambench.registry import METHODS, load_plugins
 from sambench.structures import Batch, Prediction, Sample
 

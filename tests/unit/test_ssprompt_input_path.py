@@ -1,4 +1,4 @@
-"""SSPrompt input path (methods/ssprompt.md, "Input path" table; sambench's design, no official
+"""SSPrompt input path (methods/ssprompt/README.md, "Input path" table; sambench's design, no official
 code): SAM's canvas, the default spatial prompts, CLIP's letterbox, mask pooling on CLIP's grid,
 labels into SAM's low-res frame and scores back to the image, each against PIL + numpy here."""
 
@@ -7,16 +7,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, SHARED_DATA, TINY_SAM, needs_shared
+from sambench.testing import REPO, SHARED_DATA, TINY_SAM, needs_shared
 from input_path_reference import bilinear, sam_canvas, sam_new_size
 from PIL import Image
 
 from sambench.backbones.clip import ClipBackbone
 from sambench.backbones.sam import SamBackbone
 from sambench.data.base import read_image
-from sambench.prompt_learning.defaults import grid_points, spatial_defaults
-from sambench.prompt_learning.frames import low_res_to_image
-from sambench.prompt_learning.mask_classifier import pooled_mask_features
+from sambench_plugins.methods.ssprompt.defaults import grid_points, spatial_defaults
+from sambench_plugins.methods.ssprompt.frames import low_res_to_image
+from sambench_plugins.methods.ssprompt.mask_classifier import pooled_mask_features
 from sambench.registry import METHODS, load_plugins
 from sambench.structures import Batch, Sample
 

@@ -1,1 +1,0 @@
-"""Import and export of the authors' released checkpoints (official key layouts)."""

@@ -1,1 +1,0 @@
-"""Building blocks of PerSAM / PerSAM-F (used by ``methods/persam.py``)."""
