@@ -12,12 +12,15 @@ from sambench.structures import Batch, Prediction
 class SambenchMethod(nn.Module):
     """Base class of every registered method.
 
-    Subclasses set ``TASK`` and implement ``training_step`` (methods that train) and
+    Subclasses set ``TASK`` (and ``REQUIRES`` when they need more of the backbone than the
+    common interface) and implement ``training_step`` (methods that train) and
     ``predict``. The engine calls ``forward`` (= ``training_step``) so DDP sees it, and owns
     backward, AMP, clipping, EMA, checkpoints and logging.
     """
 
     TASK: str = ""
+    #: backbone capabilities this method needs (:mod:`sambench.backbones.interface`), checked at compose time
+    REQUIRES: frozenset[str] = frozenset()
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Named scalar loss terms; the engine back-propagates their sum."""

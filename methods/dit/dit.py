@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sambench.backbones.interface import TOKEN_INJECTION, TWO_WAY_TRANSFORMER_FN
 from sambench.backbones.joint_attention import joint_block
-from sambench.backbones.sam_extensions import run_image_encoder, run_mask_decoder
 from sambench.backbones.text import BertTextEncoder
 from sambench.data.base import REFERRING
 from sambench.errors import ConfigError
@@ -61,6 +61,7 @@ class TextInstructedSam(SambenchMethod):
     """
 
     TASK = REFERRING
+    REQUIRES = frozenset({TOKEN_INJECTION})
     INJECTION = "none"
 
     def __init__(
@@ -84,12 +85,12 @@ class TextInstructedSam(SambenchMethod):
             # the file holds the whole fine-tuned BERT: build bert-base's architecture without weights
             text_encoder.update(size=text_encoder.get("size") or "bert-base", allow_random_init=True)
         self.text = BertTextEncoder(**text_encoder)
-        encoder = sam.image_encoder
-        self.text_proj = nn.Linear(self.text.dim, sam.prompt_encoder.embed_dim)
+        encoder = sam.encoder_spec()
+        self.text_proj = nn.Linear(self.text.dim, sam.embed_dim)
         self.injection = None
         if injection != "none":
-            self.injection = TextInjection(mode=injection, depth=len(encoder.blocks), text_dim=self.text.dim,
-                                           vision_dim=encoder.patch_embed.proj.out_channels, dropout=projection_dropout)
+            self.injection = TextInjection(mode=injection, depth=encoder.depth, text_dim=self.text.dim,
+                                           vision_dim=encoder.width, dropout=projection_dropout)
         self.extra_layers = ExtraDecoderLayers(num_layers=extra_decoder_layers) if extra_decoder_layers else None
         self.preprocess = ReferringPreprocessor(size=image_size, pipeline=image_pipeline, **(augment or {}))
         self._set_trainable(train_image_encoder)
@@ -98,12 +99,8 @@ class TextInstructedSam(SambenchMethod):
 
     def _set_trainable(self, train_image_encoder: bool) -> None:
         """Only parameters on the forward path train (DDP needs every trainable one used)."""
-        self.sam.requires_grad_(False)
-        self.sam.image_encoder.requires_grad_(train_image_encoder)
-        self.sam.prompt_encoder.no_mask_embed.requires_grad_(True)
-        decoder = self.sam.mask_decoder
-        decoder.requires_grad_(True)
-        decoder.iou_prediction_head.requires_grad_(False)  # computed by the decoder, never used
+        self.sam.set_trainable(image_encoder=train_image_encoder, no_mask_embed=True, mask_decoder=True,
+                               iou_head=False)  # the IoU head is computed by the decoder, never used
 
     # ----- forward ----------------------------------------------------------------------------
     def logits(self, pixels: torch.Tensor, texts: list[str]) -> torch.Tensor:
@@ -114,16 +111,10 @@ class TextInstructedSam(SambenchMethod):
             block_fn = self.injection.block_fn(features, mask if self.mask_text_padding else None, self.attention)
         elif self.attention == "global":  # the official encoder without text: no windows either
             block_fn = _global_block
-        embeddings = run_image_encoder(self.sam.image_encoder, pixels, block_fn)  # B×256×h×w
-        prompt_encoder = self.sam.prompt_encoder
-        grid = tuple(embeddings.shape[-2:])
+        embeddings = self.sam.encode(pixels, block_fn)  # B×256×h×w
         sparse = self.text_proj(features)  # B×T×256 (padding tokens included, as official)
-        dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(len(texts), -1, *grid)
-        image_pe = prompt_encoder.pe_layer(grid).unsqueeze(0)
-        low_res, _ = run_mask_decoder(
-            self.sam.mask_decoder, embeddings, image_pe, sparse, dense, multimask_output=False,
-            transformer_fn=self.extra_layers if self.extra_layers is not None else _upstream_transformer,
-        )
+        dense = self.sam.no_mask_embedding(len(texts), tuple(embeddings.shape[-2:]))
+        low_res, _ = self.sam.decode(embeddings, sparse, dense, multimask_output=False, transformer_fn=self.extra_layers)
         return F.interpolate(low_res, size=pixels.shape[-2:], mode="bilinear", align_corners=True)
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -154,17 +145,13 @@ class TextInstructedSam(SambenchMethod):
             predictions.append(Prediction(index=sample.index, masks=mask.cpu(), meta=meta))
         return predictions
 
-
-def _upstream_transformer(transformer, src, pos_src, tokens):
-    return transformer(src, pos_src, tokens)
-
-
     def official_files(self, *, name: str, backbone: str, dataset: str, ddp_prefix: bool = False) -> dict[str, dict]:
         """``dit_<name>.pth`` (``{'epoch', 'state_dict', 'lr'}``) for L-DIT / E-DIT; the text-prompt
         baselines have no released layout."""
         if self.INJECTION == "none":
             return super().official_files(name=name, backbone=backbone, dataset=dataset, ddp_prefix=ddp_prefix)
         return {f"dit_{name}.pth": export_official_dit(self, ddp_prefix=ddp_prefix)}
+
 
 def _global_block(index, block, image):
     """An upstream block with its windows removed (the official DIT encoder, no text)."""
@@ -197,6 +184,7 @@ class SamTextDecoderLayers(TextInstructedSam):
     """Default SAM with text and 2 (default) or 4 extra decoder layers."""
 
     INJECTION = "none"
+    REQUIRES = frozenset({TOKEN_INJECTION, TWO_WAY_TRANSFORMER_FN})
 
     def __init__(self, *, extra_decoder_layers: int = 2, **kwargs):
         if extra_decoder_layers not in (2, 4):

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from sambench.backbones.joint_attention import joint_block
-from sambench.backbones.sam_extensions import BlockFn
+from sambench.backbones.interface import BlockFn
 from sambench.errors import ConfigError
 
 MODES = ("e2e", "layerwise")
@@ -47,7 +47,7 @@ class TextInjection(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def block_fn(self, text: torch.Tensor, text_mask: torch.Tensor | None, attention: str = "global") -> BlockFn:
-        """A ``block_fn`` for :func:`run_image_encoder` that runs each block over [text ; image].
+        """A ``block_fn`` for the backbone's ``encode`` that runs each block over [text ; image].
 
         Args:
             text: B×T×D text features; text_mask: B×T bool (True = real) to mask padded keys,

@@ -164,8 +164,8 @@ def _vit_size(state: dict, prefix: str) -> tuple[int, int] | None:
 def _check_sizes(model: nn.Module, state: dict, name: str) -> None:
     """ViT-B vs ViT-H (and BERT size) from the tensor shapes, before any key-by-key comparison."""
     found = _vit_size(state, "visual_encoder.")
-    encoder = model.sam.image_encoder
-    own = (encoder.patch_embed.proj.out_channels, len(encoder.blocks))
+    spec = model.sam.encoder_spec()
+    own = (spec.width, spec.depth)
     if found is not None and found != own:
         fits = BACKBONES.get(found)
         hint = f"use backbone={fits}" if fits else "no backbone config has that size"

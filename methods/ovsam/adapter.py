@@ -23,11 +23,10 @@ from torch import nn
 STRIDES = (4, 8, 16, 32)
 
 
-def teacher_sizes(sam_image_encoder) -> dict[str, int]:
-    """``dim`` / ``num_heads`` / ``grid`` of a SAM ViT (ViT-H: 1280 / 16 / 64; sam_tiny: 32 / 2 / 64)."""
-    pos_embed = sam_image_encoder.pos_embed
-    return {"dim": int(pos_embed.shape[-1]), "num_heads": int(sam_image_encoder.blocks[0].attn.num_heads),
-            "grid": int(pos_embed.shape[1])}
+def teacher_sizes(spec) -> dict[str, int]:
+    """``dim`` / ``num_heads`` / ``grid`` of a SAM ViT from its backbone's
+    :class:`~sambench.backbones.interface.EncoderSpec` (ViT-H: 1280 / 16 / 64; sam_tiny: 32 / 2 / 64)."""
+    return {"dim": spec.width, "num_heads": spec.num_heads, "grid": spec.grid}
 
 
 def patch_embedding(in_channels: int, dim: int, stride: int) -> nn.Module:
@@ -66,11 +65,11 @@ class Sam2ClipAdapter(nn.Module):
         )
 
     @torch.no_grad()
-    def copy_pos_embed(self, sam_image_encoder) -> None:
-        """Take SAM's absolute position embedding (1×64×64×dim; not trained here)."""
-        if sam_image_encoder.pos_embed.shape != self.pos_embed.shape:
-            raise ValueError(f"SAM pos_embed {tuple(sam_image_encoder.pos_embed.shape)} does not fit the adapter {tuple(self.pos_embed.shape)}")
-        self.pos_embed.copy_(sam_image_encoder.pos_embed)
+    def copy_pos_embed(self, pos_embed: torch.Tensor) -> None:
+        """Take SAM's absolute position embedding (1×64×64×dim, ``backbone.encoder_pos_embed()``; not trained here)."""
+        if pos_embed.shape != self.pos_embed.shape:
+            raise ValueError(f"SAM pos_embed {tuple(pos_embed.shape)} does not fit the adapter {tuple(self.pos_embed.shape)}")
+        self.pos_embed.copy_(pos_embed)
 
     def forward(self, stages: list[torch.Tensor]) -> torch.Tensor:
         """Four CLIP stage maps (B×C_i×S/s_i×S/s_i) -> B×256×S/16×S/16."""

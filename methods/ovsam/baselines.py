@@ -81,7 +81,8 @@ class SamClipCropBaseline(SambenchMethod):
         if num_context < 1 or max_train_instances < 1 or max_detections < 1:
             raise ConfigError(f"method.num_context, method.max_train_instances and method.max_detections must be >= 1 "
                               f"(got {num_context}, {max_train_instances}, {max_detections})")
-        self.sam = sam.requires_grad_(False)
+        sam.set_trainable()
+        self.sam = sam
         self.clip = ClipBackbone(**{"cache_dir": cache_dir, **(clip or {"model": "RN50x16"})})
         self.class_names = list(class_names) if class_names else None
         self.prompt, self.multimask_output, self.max_train_instances = prompt, multimask_output, max_train_instances

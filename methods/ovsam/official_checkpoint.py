@@ -50,7 +50,7 @@ def _official_clip2sam_keys(model) -> list[str]:
     """The official key list for this model's sizes (what the authors' strict loader expects)."""
     keys = [f"fpn_neck.{kind}.{i}.conv.{p}" for kind in ("lateral_convs", "fpn_convs")
             for i in range(len(model.fpn.lateral_convs)) for p in ("weight", "bias")]
-    decoder = model.sam.mask_decoder.state_dict()
+    decoder = [key[len(DECODER):] for key in model.state_dict() if key.startswith(DECODER)]  # the raw decoder's names
     for name in decoder:
         if name.startswith(("iou_token", "iou_prediction_head")) or \
                 (name.startswith("output_hypernetworks_mlps.") and not name.startswith("output_hypernetworks_mlps.0.")):

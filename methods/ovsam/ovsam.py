@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 from sambench.backbones.clip import ClipBackbone
-from sambench.backbones.sam_extensions import run_single_mask_decoder
+from sambench.backbones.interface import EXTRA_OUTPUT_TOKENS, VIT_ENCODER
 from sambench.data.base import IMAGE_DISTILLATION, OPEN_VOCAB_INSTANCE
 from sambench.engine.loop import load_trainable
 from sambench.errors import CheckpointError, ConfigError
@@ -55,14 +55,13 @@ def build_adapter(clip: ClipBackbone, sam, *, num_heads: int | None = None, dept
     """The SAM2CLIP adapter sized by the SAM it imitates: its ViT's width, grid and (unless
     ``num_heads`` is given) head count (ViT-H: 1280 / 64 / 16, so 128.8 M parameters; sam_tiny:
     32 / 64 / 2, a few seconds per image on a CPU), with SAM's position embedding copied in."""
-    encoder = sam.image_encoder
-    sizes = teacher_sizes(encoder)
+    sizes = teacher_sizes(sam.encoder_spec())
     if num_heads is not None:
         sizes["num_heads"] = num_heads
     if sizes["dim"] % sizes["num_heads"]:
         raise ConfigError(f"adapter num_heads={sizes['num_heads']} does not divide the SAM ViT width {sizes['dim']}")
     adapter = Sam2ClipAdapter(in_channels=resnet_stage_channels(clip), depth=depth, window=window, **sizes)
-    adapter.copy_pos_embed(encoder)
+    adapter.copy_pos_embed(sam.encoder_pos_embed())
     return adapter
 
 
@@ -77,11 +76,13 @@ class Sam2Clip(SambenchMethod):
     """
 
     TASK = IMAGE_DISTILLATION
+    REQUIRES = frozenset({VIT_ENCODER})
 
     def __init__(self, *, sam, clip: dict | None = None, num_heads: int | None = None, depth: int = 5,
                  window: int = 14):
         super().__init__()
-        self.sam = sam.requires_grad_(False)
+        sam.set_trainable()
+        self.sam = sam
         self.clip = ClipBackbone(**(clip or {"model": "RN50x16"}))
         self.adapter = build_adapter(self.clip, sam, num_heads=num_heads, depth=depth, window=window)
 
@@ -149,6 +150,7 @@ class Clip2Sam(SambenchMethod):
     """
 
     TASK = OPEN_VOCAB_INSTANCE
+    REQUIRES = frozenset({VIT_ENCODER, EXTRA_OUTPUT_TOKENS})
 
     def __init__(
         self, *, sam, clip: dict | None = None, adapter: dict | None = None, sam2clip_checkpoint: str | None = None,
@@ -187,7 +189,7 @@ class Clip2Sam(SambenchMethod):
         channels, embed_dim = resnet_stage_channels(self.clip), self.clip.embed_dim
         self.adapter = build_adapter(self.clip, sam, **(adapter or {}))
         sam.drop_image_encoder("Open-Vocabulary SAM's image embedding comes from CLIP + the SAM2CLIP adapter")
-        self.label = LabelToken(dim=sam.mask_decoder.transformer_dim, embed_dim=embed_dim, mode=label_token)
+        self.label = LabelToken(dim=sam.embed_dim, embed_dim=embed_dim, mode=label_token)
         self.fpn = FPN(list(channels), fpn_channels, 4)
         self.region = RegionEmbedding(fpn_channels, embed_dim)
         self.texts = TextEmbeddingBank(self.clip, cache_dir)
@@ -198,12 +200,8 @@ class Clip2Sam(SambenchMethod):
     def _freeze(self) -> None:
         """Trainable: SAM's decoder (without the IoU head and the unused multimask MLPs), the label
         token, FPN and region embedding. Frozen: CLIP, adapter, prompt encoder."""
-        self.sam.requires_grad_(False)
+        self.sam.set_trainable(mask_decoder=True, output_token_only=True)
         self.adapter.requires_grad_(False)
-        decoder = self.sam.mask_decoder
-        decoder.requires_grad_(True)
-        for frozen in (decoder.iou_token, decoder.iou_prediction_head, *decoder.output_hypernetworks_mlps[1:]):
-            frozen.requires_grad_(False)
 
     def _load_stages(self, sam2clip_checkpoint, clip2sam_checkpoint, allow_untrained: bool) -> None:
         """Stage weights from sambench runs or the authors' released files (told apart by content)."""
@@ -239,9 +237,7 @@ class Clip2Sam(SambenchMethod):
 
     def decode(self, embedding: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One image: embedding 1×256×64×64, N prompts -> (low-res logits N×1×256×256, label-token output N×256)."""
-        decoder = self.sam.mask_decoder
-        return run_single_mask_decoder(decoder, self.label.token.weight, embedding, self.sam.dense_pe(),
-                                       sparse, dense)
+        return self.sam.decode_with_output_token(embedding, self.label.token.weight, sparse, dense)
 
     def class_logits(self, fpn: list[torch.Tensor], rois: torch.Tensor, token_out: torch.Tensor,
                      text: torch.Tensor) -> torch.Tensor:
@@ -259,11 +255,10 @@ class Clip2Sam(SambenchMethod):
 
     def prompt_embeddings(self, boxes: torch.Tensor | None = None, points: torch.Tensor | None = None):
         """Frame-coordinate prompts (boxes N×4, or points N×2 foreground) -> sparse N×2×256, dense N×256×64×64."""
-        encoder = self.sam.prompt_encoder
         if boxes is not None:
-            return encoder(points=None, boxes=boxes, masks=None)
+            return self.sam.encode_frame_prompts(boxes=boxes)
         labels = torch.ones(points.shape[0], 1, dtype=torch.long, device=points.device)
-        return encoder(points=(points[:, None], labels), boxes=None, masks=None)
+        return self.sam.encode_frame_prompts(points=points[:, None], point_labels=labels)
 
     # ----- training -----------------------------------------------------------------------------
     def official_files(self, *, name: str, backbone: str, dataset: str, ddp_prefix: bool = False) -> dict[str, dict]:
@@ -328,7 +323,7 @@ class Clip2Sam(SambenchMethod):
             sparse, dense = self.sam.encode_prompts(sample.size, **prompts)
         original = prompts["boxes"] if "boxes" in prompts else gt_prompts(sample, "box")["boxes"]
         original = original.to(self.sam.device, torch.float)
-        frame = self.sam.transform.apply_boxes_torch(original, sample.size)
+        frame = self.sam.scale_boxes(original, sample.size)
         clip_boxes = original if self.clip_box_frame == "original" and self.detections is None else frame
         return sparse, dense, frame, clip_boxes, det_scores
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from sambench.backbones.interface import TWO_WAY_TRANSFORMER_FN
 from sambench.data.base import PERSONALIZE
 from sambench.checkpoint import save_atomic
 from sambench.errors import ConfigError
@@ -67,6 +68,7 @@ class PerSAM(SambenchMethod):
     """
 
     TASK = PERSONALIZE
+    REQUIRES = frozenset({TWO_WAY_TRANSFORMER_FN})  # target-guided attention in the two-way transformer
 
     def __init__(
         self, *, sam, negative_point: bool = True, guided_attention: bool = True, guidance_alpha: float = 1.0,
@@ -78,7 +80,8 @@ class PerSAM(SambenchMethod):
             raise ConfigError(f"unknown method.confidence_map '{confidence_map}'; valid: {', '.join(CONFIDENCE_MAPS)}")
         if not 0 <= refinement_steps <= 2 or positive_points < 1 or max_instances < 1:
             raise ConfigError("method.refinement_steps must be 0..2, positive_points and max_instances >= 1")
-        self.sam = sam.requires_grad_(False)
+        sam.set_trainable()
+        self.sam = sam
         self.negative_point, self.guided_attention, self.guidance_alpha = negative_point, guided_attention, guidance_alpha
         self.semantic_prompt, self.refinement_steps = semantic_prompt, refinement_steps
         self.positive_points, self.confidence_map = positive_points, confidence_map

@@ -54,10 +54,8 @@ class SamPrompted(SambenchMethod):
         self.sam, self.prompt, self.multimask_output = sam, prompt, multimask_output
         self.dice_weight, self.bce_weight, self.iou_weight = dice_weight, bce_weight, iou_weight
         self.max_train_instances = max_train_instances
-        self.sam.requires_grad_(False)
-        if finetune == "decoder":
-            self.sam.mask_decoder.requires_grad_(True)
-            self.sam.mask_decoder.iou_prediction_head.requires_grad_(iou_weight > 0)
+        decoder = finetune == "decoder"
+        self.sam.set_trainable(mask_decoder=decoder, iou_head=decoder and iou_weight > 0)
 
     def prompts(self, sample: Sample) -> dict:
         """Keyword prompts for :meth:`SamBackbone.predict` from the sample's GT masks/boxes."""

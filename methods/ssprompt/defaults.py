@@ -23,11 +23,11 @@ def grid_points(grid: int, aspect: float, frame: int = 1024) -> torch.Tensor:
 
 
 @torch.no_grad()
-def spatial_defaults(prompt_encoder, grid: int, aspect: float) -> torch.Tensor:
-    """Q×2×256 sparse embeddings of the grid points (SAM's prompt encoder, run once)."""
-    points = grid_points(grid, aspect, prompt_encoder.input_image_size[0]).to(prompt_encoder.no_mask_embed.weight.device)
+def spatial_defaults(sam, grid: int, aspect: float) -> torch.Tensor:
+    """Q×2×256 sparse embeddings of the grid points (``sam``: the backbone; its prompt encoder, run once)."""
+    points = grid_points(grid, aspect, sam.image_size).to(sam.device)
     labels = torch.ones(len(points), 1, dtype=torch.long, device=points.device)
-    sparse, _ = prompt_encoder(points=(points[:, None], labels), boxes=None, masks=None)
+    sparse, _ = sam.encode_frame_prompts(points=points[:, None], point_labels=labels)
     return sparse
 
 

@@ -65,9 +65,9 @@ class PromptLearningSegmenter(SambenchMethod):
         if grid < 1 or grid_aspect <= 0:
             raise ConfigError(f"method.grid must be >= 1 and method.grid_aspect > 0 (got {grid}, {grid_aspect})")
         self.sam, self.class_names, self.flip = sam, list(class_names), flip
-        self.sam.requires_grad_(False)
+        self.sam.set_trainable()
         self.clip = ClipBackbone(**{"cache_dir": cache_dir, **(clip or {})})
-        self.spatial = PromptFusion(spatial_defaults(sam.prompt_encoder, grid, grid_aspect),
+        self.spatial = PromptFusion(spatial_defaults(sam, grid, grid_aspect),
                                     fusion if self.LEARN_SPATIAL else "default")
         self.semantic = PromptFusion(semantic_defaults(self.clip, self.class_names, template),
                                      fusion if self.LEARN_SEMANTIC else "default")
@@ -81,7 +81,7 @@ class PromptLearningSegmenter(SambenchMethod):
     def scores(self, embeddings: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """One image: SAM embedding 1×256×64×64, CLIP features D×g×g -> class scores C×256×256."""
         sparse = self.spatial()
-        dense = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(len(sparse), -1, *embeddings.shape[-2:])
+        dense = self.sam.no_mask_embedding(len(sparse), tuple(embeddings.shape[-2:]))
         low_res, _ = self.sam.decode(embeddings, sparse, dense, multimask_output=False)  # Q×1×256×256
         masks = low_res[:, 0]
         probabilities = class_probabilities(pooled_mask_features(masks, features), self.class_embeddings(),

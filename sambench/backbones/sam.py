@@ -2,7 +2,11 @@
 
 Adds what the upstream ``Sam``/``SamPredictor`` lack: a differentiable path (upstream
 ``Sam.forward`` and ``predict_torch`` are ``no_grad``), batched prompts per image, an on-disk
-embedding cache and the extension points of :mod:`sambench.backbones.sam_extensions`.
+embedding cache and the extension points of :mod:`sambench.backbones.sam_extensions`; it implements
+:class:`~sambench.backbones.interface.SegmentationBackbone`, the only surface methods use.
+The upstream ``Sam`` is private: it stays registered as the submodule ``sam`` (so state-dict
+keys remain ``sam.image_encoder.*`` etc., ``sam.sam.*`` inside a method), but ``backbone.sam``
+raises; official key maps and reference tests use :meth:`SamBackbone._raw_sam`.
 Pre- and post-processing are those of ``SamPredictor``: longest side to 1024 (PIL resize of the
 uint8 image), normalise, zero-pad to 1024²; masks are upsampled to 1024², cropped to the resized
 image and resized to the original size.
@@ -12,12 +16,19 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch import nn
 
+from sambench.backbones.interface import (EXTRA_OUTPUT_TOKENS, TOKEN_INJECTION, TWO_WAY_TRANSFORMER_FN, VIT_ENCODER,
+                                          BlockFn, EncoderSpec, ImageFeatures, SegmentationBackbone, TransformerFn)
 from sambench.backbones.sam_checkpoint import build_sam_model, file_sha256, module_sha256
-from sambench.backbones.sam_extensions import BlockFn, TransformerFn, run_image_encoder, run_mask_decoder
+from sambench.backbones.sam_extensions import (default_transformer_fn, run_image_encoder, run_mask_decoder,
+                                               run_single_mask_decoder)
 from sambench.cache import EmbeddingCache
+
+#: name of the private upstream ``Sam`` submodule (state-dict prefix ``sam.``)
+RAW = "sam"
 
 
 class DroppedImageEncoder(nn.Module):
@@ -31,8 +42,8 @@ class DroppedImageEncoder(nn.Module):
         raise RuntimeError(f"SAM's image encoder was dropped: {self.reason}")
 
 
-class SamBackbone(nn.Module):
-    """SAM (image encoder, prompt encoder, mask decoder) with sambench's entry points.
+class SamBackbone(SegmentationBackbone):
+    """SAM (image encoder, prompt encoder, mask decoder) behind the backbone interface.
 
     Args:
         name: config name (``sam_vit_b``, ``sam_tiny``, ...), part of the cache key.
@@ -41,6 +52,8 @@ class SamBackbone(nn.Module):
         cache_dir: embedding cache folder; None disables the cache.
         encoder_*: tiny preset sizes; ignored by the official variants.
     """
+
+    CAPABILITIES = frozenset({TOKEN_INJECTION, EXTRA_OUTPUT_TOKENS, TWO_WAY_TRANSFORMER_FN, VIT_ENCODER})
 
     def __init__(
         self,
@@ -58,57 +71,86 @@ class SamBackbone(nn.Module):
     ):
         super().__init__()
         self.name = name
-        self.sam = build_sam_model(
+        self.add_module(RAW, build_sam_model(
             variant, checkpoint, allow_random_init, encoder_embed_dim, encoder_depth,
             encoder_num_heads, encoder_global_attn_indexes, init_seed,
-        )
-        self.image_size = self.sam.image_encoder.img_size
+        ))
+        raw = self._raw_sam()
+        self.image_size = raw.image_encoder.img_size
         self.transform = ResizeLongestSide(self.image_size)
         self.checkpoint = checkpoint
         self.cache = None
         if cache_dir:
-            weights = file_sha256(checkpoint) if checkpoint else module_sha256(self.sam.image_encoder)
+            weights = file_sha256(checkpoint) if checkpoint else module_sha256(raw.image_encoder)
             self.cache = EmbeddingCache(cache_dir, f"{name}-{weights[:16]}")
 
+    # ----- the private upstream model ---------------------------------------------------------
+    def __getattr__(self, name: str):
+        if name == RAW:
+            raise AttributeError(
+                "SamBackbone.sam is private: use the backbone interface (sambench/backbones/interface.py); "
+                "official key maps and reference tests may use SamBackbone._raw_sam()")
+        return super().__getattr__(name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == RAW:
+            raise AttributeError("SamBackbone.sam is private and set once, in __init__")
+        super().__setattr__(name, value)
+
+    def _raw_sam(self) -> Sam:
+        """The upstream ``Sam`` (official key maps, flop counts and reference tests only)."""
+        return self._modules[RAW]
+
+    # ----- sizes ------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return self.sam.pixel_mean.device
-
-    # ----- parts: methods reach SAM only through these ----------------------------------------
-    @property
-    def image_encoder(self) -> nn.Module:
-        """SAM's ViT (B×3×1024×1024 -> B×256×64×64); freeze or fine-tune it through this."""
-        return self.sam.image_encoder
+        return self._raw_sam().pixel_mean.device
 
     @property
-    def prompt_encoder(self) -> nn.Module:
-        """SAM's prompt encoder (points/boxes/masks -> sparse N×T×256, dense N×256×64×64)."""
-        return self.sam.prompt_encoder
-
-    @property
-    def mask_decoder(self) -> nn.Module:
-        """SAM's two-way transformer mask decoder."""
-        return self.sam.mask_decoder
+    def embed_dim(self) -> int:
+        """Channels of embeddings and prompt / decoder tokens (256)."""
+        return self._raw_sam().prompt_encoder.embed_dim
 
     @property
     def mask_threshold(self) -> float:
         """Logit threshold of a foreground pixel (SAM's ``mask_threshold``, 0.0)."""
-        return self.sam.mask_threshold
+        return self._raw_sam().mask_threshold
 
-    def dense_pe(self) -> torch.Tensor:
-        """Positional encoding of the image-embedding grid, 1×256×64×64."""
-        return self.sam.prompt_encoder.get_dense_pe()
+    def encoder_spec(self) -> EncoderSpec:
+        """ViT width / depth / heads / grid (ViT-H: 1280 / 32 / 16 / 64; sam_tiny: 32 / 2 / 2 / 64)."""
+        encoder = self._raw_sam().image_encoder
+        return EncoderSpec(width=int(encoder.patch_embed.proj.out_channels), depth=len(encoder.blocks),
+                           num_heads=int(encoder.blocks[0].attn.num_heads), grid=int(encoder.pos_embed.shape[1]))
 
-    def normalize_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Resized B×3×h×w pixels (0–255) -> normalised, zero-padded B×3×1024×1024 (``Sam.preprocess``)."""
-        return self.sam.preprocess(pixels)
+    def encoder_pos_embed(self) -> torch.Tensor:
+        """The ViT's absolute position embedding 1×64×64×width (the parameter itself)."""
+        return self._raw_sam().image_encoder.pos_embed
 
     def drop_image_encoder(self, reason: str) -> None:
         """Free the ViT image encoder of a method that never runs it (Open-Vocabulary SAM's
         CLIP2SAM stage and inference: ViT-H is 637 M parameters); pre-processing still works,
         running the encoder raises with ``reason``."""
-        self.sam.image_encoder = DroppedImageEncoder(self.sam.image_encoder.img_size, reason)
+        raw = self._raw_sam()
+        raw.image_encoder = DroppedImageEncoder(raw.image_encoder.img_size, reason)
         self.cache = None
+
+    def set_trainable(self, *, image_encoder: bool = False, prompt_encoder: bool = False, mask_decoder: bool = False,
+                      iou_head: bool | None = None, no_mask_embed: bool | None = None,
+                      output_token_only: bool = False) -> None:
+        """Freeze everything, then let the named parts train (see the interface)."""
+        raw = self._raw_sam()
+        self.requires_grad_(False)
+        raw.image_encoder.requires_grad_(image_encoder)
+        raw.prompt_encoder.requires_grad_(prompt_encoder)
+        raw.mask_decoder.requires_grad_(mask_decoder)
+        decoder = raw.mask_decoder
+        if iou_head is not None:
+            decoder.iou_prediction_head.requires_grad_(iou_head)
+        if no_mask_embed is not None:
+            raw.prompt_encoder.no_mask_embed.requires_grad_(no_mask_embed)
+        if output_token_only:
+            for unused in (decoder.iou_token, decoder.iou_prediction_head, *decoder.output_hypernetworks_mlps[1:]):
+                unused.requires_grad_(False)
 
     # ----- images -----------------------------------------------------------------------------
     def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
@@ -119,13 +161,19 @@ class SamBackbone(nn.Module):
         """H×W×3 uint8 RGB -> 1×3×1024×1024 normalised, zero-padded (as ``SamPredictor.set_image``)."""
         resized = self.transform.apply_image(image)
         pixels = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
-        return self.sam.preprocess(pixels)
+        return self._raw_sam().preprocess(pixels)
 
-    def encode(self, pixels: torch.Tensor, block_fn: BlockFn | None = None) -> torch.Tensor:
-        """Differentiable image encoder: B×3×1024×1024 -> B×256×64×64."""
-        if block_fn is None:
-            return self.sam.image_encoder(pixels)
-        return run_image_encoder(self.sam.image_encoder, pixels, block_fn)
+    def normalize_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Resized B×3×h×w pixels (0–255) -> normalised, zero-padded B×3×1024×1024 (``Sam.preprocess``)."""
+        return self._raw_sam().preprocess(pixels)
+
+    def encode_features(self, pixels: torch.Tensor, block_fn: BlockFn | None = None) -> ImageFeatures:
+        """Differentiable image encoder: B×3×S×S (S = 1024, or a smaller multiple of 16: the
+        position embedding is resized) -> B×256×S/16×S/16; no extra levels (SAM v1)."""
+        encoder = self._raw_sam().image_encoder
+        if block_fn is None and tuple(pixels.shape[-2:]) == (self.image_size, self.image_size):
+            return ImageFeatures(encoder(pixels))
+        return ImageFeatures(run_image_encoder(encoder, pixels, block_fn))
 
     @torch.no_grad()
     def embed_images(self, images: list[np.ndarray]) -> torch.Tensor:
@@ -142,7 +190,16 @@ class SamBackbone(nn.Module):
                 self.cache.put(keys[i], emb)
         return torch.stack([emb.to(self.device) for emb in out])
 
-    # ----- prompts and decoder ----------------------------------------------------------------
+    # ----- prompts ----------------------------------------------------------------------------
+    def image_pe(self, grid_hw: tuple[int, int]) -> torch.Tensor:
+        """Positional encoding of an h×w embedding grid -> 1×256×h×w (64×64: ``get_dense_pe()``)."""
+        return self._raw_sam().prompt_encoder.pe_layer(tuple(int(v) for v in grid_hw)).unsqueeze(0)
+
+    def no_mask_embedding(self, n: int, grid_hw: tuple[int, int]) -> torch.Tensor:
+        """SAM's ``no_mask_embed`` broadcast to n×256×h×w (an expanded view, differentiable)."""
+        weight = self._raw_sam().prompt_encoder.no_mask_embed.weight
+        return weight.reshape(1, -1, 1, 1).expand(n, -1, *grid_hw)
+
     def encode_prompts(
         self,
         original_size: tuple[int, int],
@@ -161,12 +218,23 @@ class SamBackbone(nn.Module):
         ``predict_torch`` with ``apply_coords_torch``. The two differ by at most one float32 ulp
         (6.1e-5 px at 1024) on some coordinates.
         """
-        point_pair = None
         if points is not None:
-            point_pair = (self.scale_coords(points, original_size, float64_coords), point_labels.to(self.device))
+            points, point_labels = self.scale_coords(points, original_size, float64_coords), point_labels.to(self.device)
         if boxes is not None:
             boxes = self.scale_coords(boxes.reshape(-1, 2, 2), original_size, float64_coords).reshape(-1, 4)
-        return self.sam.prompt_encoder(points=point_pair, boxes=boxes, masks=mask_inputs)
+        return self.encode_frame_prompts(points, point_labels, boxes, mask_inputs)
+
+    def encode_frame_prompts(
+        self,
+        points: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        mask_inputs: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts already in the 1024 frame (points N×P×2 + labels N×P, boxes N×4) -> sparse
+        N×T×256, dense N×256×64×64 (the upstream prompt encoder as it is)."""
+        point_pair = (points, point_labels) if points is not None else None
+        return self._raw_sam().prompt_encoder(points=point_pair, boxes=boxes, masks=mask_inputs)
 
     def scale_coords(self, coords: torch.Tensor, original_size: tuple[int, int], float64: bool = False) -> torch.Tensor:
         """(x, y) coordinates …×2 in original pixels -> float32 …×2 in the 1024 frame."""
@@ -177,30 +245,48 @@ class SamBackbone(nn.Module):
         scale = torch.tensor([new_w / w, new_h / h], dtype=torch.float64, device=self.device)
         return (coords.to(self.device, torch.float64) * scale).float()
 
+    # ----- decoder ----------------------------------------------------------------------------
     def decode(
         self,
-        embedding: torch.Tensor,
+        embedding: torch.Tensor | ImageFeatures,
         sparse: torch.Tensor,
         dense: torch.Tensor,
         multimask_output: bool = False,
         transformer_fn: TransformerFn | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mask decoder for one image: embedding 1×256×64×64, N prompts ->
-        low-res logits N×M×256×256 and IoU predictions N×M."""
-        image_pe = self.sam.prompt_encoder.get_dense_pe()
-        if transformer_fn is None:
-            return self.sam.mask_decoder(embedding, image_pe, sparse, dense, multimask_output)
-        return run_mask_decoder(
-            self.sam.mask_decoder, embedding, image_pe, sparse, dense, multimask_output, transformer_fn
-        )
+        """Mask decoder: embedding 1×256×h×w (one image, N prompts) or N×256×h×w (one image per
+        prompt set) -> low-res logits N×M×4h×4w and IoU predictions N×M (the upstream forward
+        when nothing is replaced, else :func:`run_mask_decoder`, equal to it bit for bit)."""
+        embedding = _embedding(embedding)
+        decoder = self._raw_sam().mask_decoder
+        image_pe = self.image_pe(embedding.shape[-2:])
+        if transformer_fn is None and embedding.shape[0] == 1:
+            return decoder(embedding, image_pe, sparse, dense, multimask_output)
+        return run_mask_decoder(decoder, embedding, image_pe, sparse, dense, multimask_output,
+                                transformer_fn if transformer_fn is not None else default_transformer_fn)
+
+    def decode_with_output_token(
+        self,
+        embedding: torch.Tensor | ImageFeatures,
+        token: torch.Tensor,
+        sparse: torch.Tensor,
+        dense: torch.Tensor,
+        transformer_fn: TransformerFn | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder with ``token`` (1×256) in the IoU token's place and only the first mask token
+        (:func:`run_single_mask_decoder`) -> low-res logits N×1×4h×4w, the token's output N×256."""
+        embedding = _embedding(embedding)
+        return run_single_mask_decoder(self._raw_sam().mask_decoder, token, embedding,
+                                       self.image_pe(embedding.shape[-2:]), sparse, dense,
+                                       transformer_fn if transformer_fn is not None else default_transformer_fn)
 
     def postprocess(self, low_res: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
         """Low-res logits N×M×256×256 -> logits N×M×H×W at the original size."""
-        return self.sam.postprocess_masks(low_res, self.input_size(original_size), original_size)
+        return self._raw_sam().postprocess_masks(low_res, self.input_size(original_size), original_size)
 
     def predict(
         self,
-        embedding: torch.Tensor,
+        embedding: torch.Tensor | ImageFeatures,
         original_size: tuple[int, int],
         points: torch.Tensor | None = None,
         point_labels: torch.Tensor | None = None,
@@ -213,9 +299,12 @@ class SamBackbone(nn.Module):
         """Differentiable ``SamPredictor.predict_torch`` for N prompts on one image
         (``float64_coords``: prompts scaled as ``SamPredictor.predict``, see :meth:`encode_prompts`).
 
-        Returns: logits N×M×H×W (threshold at ``sam.mask_threshold`` = 0), IoU N×M,
+        Returns: logits N×M×H×W (threshold at ``mask_threshold`` = 0), IoU N×M,
         low-res logits N×M×256×256.
         """
-        sparse, dense = self.encode_prompts(original_size, points, point_labels, boxes, mask_inputs, float64_coords)
-        low_res, iou = self.decode(embedding, sparse, dense, multimask_output, transformer_fn)
-        return self.postprocess(low_res, original_size), iou, low_res
+        return super().predict(embedding, original_size, points, point_labels, boxes, mask_inputs,
+                               multimask_output, transformer_fn, float64_coords)
+
+
+def _embedding(features: torch.Tensor | ImageFeatures) -> torch.Tensor:
+    return features.embedding if isinstance(features, ImageFeatures) else features

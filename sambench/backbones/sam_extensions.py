@@ -8,23 +8,18 @@ Methods change SAM in two places:
 - the image encoder's blocks (DIT: text tokens concatenated to image tokens in every block) ->
   :func:`run_image_encoder` with a ``block_fn`` replacing each ``block(x)`` call.
 
-Both reuse the upstream submodules and weights; with the default callables they compute exactly
+Methods reach them only through :class:`~sambench.backbones.sam.SamBackbone` (``encode(block_fn=)``,
+``decode(transformer_fn=)``, ``decode_with_output_token``). Both reuse the upstream submodules and weights; with the default callables they compute exactly
 what the upstream ``forward`` computes (tested).
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, TwoWayTransformer
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder
 
+from sambench.backbones.interface import BlockFn, TransformerFn
 from sambench.backbones.joint_attention import resized_pos_embed
-
-#: (transformer, src B×C×h×w, pos_src B×C×h×w, tokens B×T×C) -> (hs B×T×C, src B×hw×C)
-TransformerFn = Callable[[TwoWayTransformer, torch.Tensor, torch.Tensor, torch.Tensor], tuple]
-#: (block index, block, x B×h×w×C) -> x B×h×w×C
-BlockFn = Callable[[int, torch.nn.Module, torch.Tensor], torch.Tensor]
 
 
 def default_transformer_fn(transformer, src, pos_src, tokens):

@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sambench import REPO_ROOT, __version__
+from sambench.backbones.interface import check_capabilities
 from sambench.backbones.sam import SamBackbone
 from sambench.cli.config_types import FLAGS, check_flags, check_section, check_trainer
 from sambench import dist
@@ -49,6 +50,7 @@ def check_config(cfg: DictConfig) -> None:
     check_section("method", method, plain(cfg.method), ignore=("name",))
     check_section("dataset", dataset, plain(cfg.dataset), ignore=("name",))
     check_section("backbone", SamBackbone, plain(cfg.backbone))
+    check_capabilities(cfg.method.name, method, cfg.backbone.name, SamBackbone)
 
 
 def seed_everything(seed: int) -> None:

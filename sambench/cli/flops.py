@@ -46,7 +46,7 @@ def millions(*modules) -> float:
 
 def _sam_part(sam: SamBackbone, pixels: torch.Tensor, boxes: torch.Tensor) -> None:
     embedding = sam.encode(pixels)
-    sparse, dense = sam.prompt_encoder(points=None, boxes=boxes, masks=None)
+    sparse, dense = sam.encode_frame_prompts(boxes=boxes)
     sam.decode(embedding, sparse, dense, multimask_output=False)
 
 
@@ -72,9 +72,10 @@ def measure(sam_variant: str = "vit_h", clip_model: str = "RN50x16", image_size:
             ov.class_logits(fpn, rois, token_out, text)
             ov.clip_logits(stages[3], rois, text)
 
-        decoder = ov.sam.mask_decoder
+        raw = ov.sam._raw_sam()  # parameter counts of the raw parts on the forward path
+        decoder = raw.mask_decoder
         used_decoder = [m for n, m in decoder.named_children() if n not in ("iou_token", "iou_prediction_head", "output_hypernetworks_mlps")]
-        ov_params = millions(ov.clip.clip.visual, ov.adapter, ov.sam.prompt_encoder, *used_decoder,
+        ov_params = millions(ov.clip.clip.visual, ov.adapter, raw.prompt_encoder, *used_decoder,
                              decoder.output_hypernetworks_mlps[0], ov.label, ov.fpn, ov.region)
         results["ovsam"] = _entry(count(ovsam), ov_params)
 

@@ -168,7 +168,7 @@ def test_official_backbones_build_with_their_sizes(backbone, width, tmp_path):
     cfg = composed(f"backbone={backbone}", "backbone.checkpoint=null", "backbone.allow_random_init=true",
                    "cache.enabled=false")
     sam = build_backbone(cfg)
-    assert sam.sam.image_encoder.pos_embed.shape == (1, 64, 64, width)
+    assert sam._raw_sam().image_encoder.pos_embed.shape == (1, 64, 64, width)
 
 
 def test_unknown_group_option_lists_choices_and_closest():

@@ -58,7 +58,7 @@ def test_trainable_parts_and_the_dropped_encoder():
 
 def test_label_token_decoder_is_sams_decoder_with_two_output_tokens():
     model = build()
-    decoder = model.sam.mask_decoder
+    decoder = model.sam._raw_sam().mask_decoder
     sparse, dense = model.prompt_embeddings(boxes=torch.tensor([[10.0, 20.0, 300.0, 400.0]]))
     embedding = torch.randn(1, 256, 64, 64)
     masks, token_out = model.decode(embedding, sparse, dense)
@@ -66,12 +66,12 @@ def test_label_token_decoder_is_sams_decoder_with_two_output_tokens():
     # the same computation by hand with upstream modules: tokens [label, mask_0] + prompts
     tokens = torch.cat([model.label.token.weight, decoder.mask_tokens.weight[:1]])[None]
     tokens = torch.cat([tokens, sparse], dim=1)
-    hs, src = decoder.transformer(embedding + dense, model.sam.dense_pe(), tokens)
+    hs, src = decoder.transformer(embedding + dense, model.sam._raw_sam().prompt_encoder.get_dense_pe(), tokens)
     up = decoder.output_upscaling(src.transpose(1, 2).view(1, 256, 64, 64))
     expected = (decoder.output_hypernetworks_mlps[0](hs[:, 1]) @ up.flatten(2)).view(1, 1, 256, 256)
     assert torch.allclose(masks, expected, atol=1e-5) and torch.allclose(token_out, hs[:, 0], atol=1e-6)
     again, _ = run_single_mask_decoder(decoder, model.label.token.weight, embedding,
-                                       model.sam.dense_pe(), sparse, dense)
+                                       model.sam._raw_sam().prompt_encoder.get_dense_pe(), sparse, dense)
     assert torch.equal(again, masks)
 
 
@@ -106,7 +106,7 @@ def test_one_training_step_lowers_the_loss_and_moves_only_stage_two(coco):
     _, train, _ = coco
     model = build(flip=0.0, scale_range=(1.0, 1.0))
     batch = collate([train[0], train[1]])
-    frozen = {"clip": state(model.clip), "adapter": state(model.adapter), "prompt": state(model.sam.prompt_encoder)}
+    frozen = {"clip": state(model.clip), "adapter": state(model.adapter), "prompt": state(model.sam._raw_sam().prompt_encoder)}
     params = model.trainable_parameters()
     optimizer = torch.optim.AdamW(list(params.values()), lr=1e-3)
     model.train()  # as the engine does: the frozen CLIP ResNet must stay in eval mode (BatchNorm)
@@ -126,7 +126,7 @@ def test_one_training_step_lowers_the_loss_and_moves_only_stage_two(coco):
     with torch.no_grad():
         assert float(loss()) < float(first)
     for name, saved in frozen.items():
-        module = {"clip": model.clip, "adapter": model.adapter, "prompt": model.sam.prompt_encoder}[name]
+        module = {"clip": model.clip, "adapter": model.adapter, "prompt": model.sam._raw_sam().prompt_encoder}[name]
         assert all(torch.equal(saved[k], v) for k, v in module.state_dict().items()), name
 
 

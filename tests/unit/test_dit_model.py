@@ -65,7 +65,7 @@ def test_text_reaches_image_tokens_in_windowed_blocks():
 
 def test_image_encoder_at_512_resizes_the_position_embedding():
     sam = SamBackbone(**TINY_SAM)
-    encoder = sam.sam.image_encoder
+    encoder = sam._raw_sam().image_encoder
     pixels = torch.randn(1, 3, 512, 512)
     x = encoder.patch_embed(pixels) + resized_pos_embed(encoder.pos_embed, (32, 32))
     for block in encoder.blocks:
@@ -80,10 +80,10 @@ def test_paired_decoder_batch_equals_one_call_per_image():
     sam = SamBackbone(**TINY_SAM)
     embeddings, sparse = torch.randn(3, 256, 32, 32), torch.randn(3, 5, 256)
     dense = torch.randn(3, 256, 32, 32)
-    pe = sam.sam.prompt_encoder.pe_layer((32, 32))[None]
-    together, _ = run_mask_decoder(sam.sam.mask_decoder, embeddings, pe, sparse, dense, False)
+    pe = sam._raw_sam().prompt_encoder.pe_layer((32, 32))[None]
+    together, _ = run_mask_decoder(sam._raw_sam().mask_decoder, embeddings, pe, sparse, dense, False)
     for i in range(3):
-        alone, _ = run_mask_decoder(sam.sam.mask_decoder, embeddings[i : i + 1], pe, sparse[i : i + 1], dense[i : i + 1], False)
+        alone, _ = run_mask_decoder(sam._raw_sam().mask_decoder, embeddings[i : i + 1], pe, sparse[i : i + 1], dense[i : i + 1], False)
         torch.testing.assert_close(together[i : i + 1], alone, atol=1e-5, rtol=1e-5)
     assert together.shape == (3, 1, 128, 128)
 
@@ -91,7 +91,7 @@ def test_paired_decoder_batch_equals_one_call_per_image():
 def test_extra_decoder_layers_append_to_the_upstream_transformer():
     torch.manual_seed(0)
     sam = SamBackbone(**TINY_SAM)
-    transformer = sam.sam.mask_decoder.transformer
+    transformer = sam._raw_sam().mask_decoder.transformer
     src, pe, tokens = torch.randn(2, 256, 8, 8), torch.randn(2, 256, 8, 8), torch.randn(2, 7, 256)
     none = ExtraDecoderLayers(num_layers=0)
     for got, want in zip(none(transformer, src, pe, tokens), transformer(src, pe, tokens)):
@@ -110,7 +110,7 @@ def build(name: str, **kwargs):
 def norm1_inputs(model) -> list[torch.Tensor]:
     """The sequence entering each ViT block ([text ; image] in global attention)."""
     seen = []
-    for block in model.sam.image_encoder.blocks:
+    for block in model.sam._raw_sam().image_encoder.blocks:
         block.norm1.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()) and None)
     return seen
 
@@ -121,7 +121,7 @@ def test_zero_initialised_projections_carry_zeros_into_every_block(name):
     seen = norm1_inputs(model)
     pixels = torch.randn(1, 3, 512, 512)
     model.logits(pixels, ["the red square on the left"])
-    assert len(seen) == len(model.sam.image_encoder.blocks)
+    assert len(seen) == len(model.sam._raw_sam().image_encoder.blocks)
     for sequence in seen:
         assert sequence.shape[1] == 20 + 32 * 32
         assert torch.count_nonzero(sequence[:, :20]) == 0
@@ -149,7 +149,7 @@ def test_injection_wiring(name):
     features, _ = model.text(texts)
     with torch.no_grad():
         model.logits(torch.randn(2, 3, 512, 512), texts)
-    blocks = model.sam.image_encoder.blocks
+    blocks = model.sam._raw_sam().image_encoder.blocks
     assert len(sources) == len(blocks)
     torch.testing.assert_close(sources[0], features.detach())
     for i in range(1, len(blocks)):

@@ -141,7 +141,7 @@ def test_missing_extra_and_misshaped_keys_are_named(tmp_path):
 
 def test_many_missing_keys_are_counted_and_a_sam_file_is_recognised():
     model = build()
-    sam_file = {f"image_encoder.{k}": v for k, v in model.sam.image_encoder.state_dict().items()}
+    sam_file = {f"image_encoder.{k}": v for k, v in model.sam._raw_sam().image_encoder.state_dict().items()}
     with pytest.raises(CheckpointError, match=r"missing keys \(.*\.\.\. \(\d+ in all\)") as error:
         import_official_dit(model, sam_file)
     assert "backbone.checkpoint" in str(error.value)

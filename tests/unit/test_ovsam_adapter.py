@@ -42,10 +42,10 @@ def test_forward_shape_and_every_stage_contributes():
 def test_position_embedding_is_copied_from_sam():
     sam = SamBackbone(**TINY_SAM)
     adapter = Sam2ClipAdapter(**TINY)
-    adapter.copy_pos_embed(sam.sam.image_encoder)
-    assert torch.equal(adapter.pos_embed, sam.sam.image_encoder.pos_embed)
+    adapter.copy_pos_embed(sam._raw_sam().image_encoder.pos_embed)
+    assert torch.equal(adapter.pos_embed, sam._raw_sam().image_encoder.pos_embed)
     with pytest.raises(ValueError, match="does not fit"):
-        Sam2ClipAdapter(**{**TINY, "dim": 64, "grid": 64}).copy_pos_embed(sam.sam.image_encoder)
+        Sam2ClipAdapter(**{**TINY, "dim": 64, "grid": 64}).copy_pos_embed(sam._raw_sam().image_encoder.pos_embed)
 
 
 def test_distillation_steps_lower_the_mse_on_a_fixed_batch():

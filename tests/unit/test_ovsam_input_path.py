@@ -141,7 +141,7 @@ def test_point_prompts_are_kornias_cascade_on_the_rescaled_mask(model, coco):
         model.prompt = "box"
     coords = torch.tensor(expected, dtype=torch.float)[:, None]
     labels = torch.ones(len(expected), 1, dtype=torch.long)
-    reference, _ = model.sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)  # + 0.5 inside
+    reference, _ = model.sam._raw_sam().prompt_encoder(points=(coords, labels), boxes=None, masks=None)  # + 0.5 inside
     assert torch.allclose(sparse, reference)
 
 
@@ -165,7 +165,7 @@ def test_box_prompts_scale_per_axis_as_mmdet(model, coco):
     ih, iw = official_size(h, w)
     boxes = sample.boxes.double() * torch.tensor([iw / w, ih / h, iw / w, ih / h], dtype=torch.double)
     assert torch.allclose(frame.double(), boxes, atol=1e-4) and torch.allclose(clip_boxes.double(), boxes, atol=1e-4)
-    reference, _ = model.sam.prompt_encoder(points=None, boxes=boxes.float(), masks=None)
+    reference, _ = model.sam._raw_sam().prompt_encoder(points=None, boxes=boxes.float(), masks=None)
     assert torch.allclose(sparse, reference, atol=1e-5)
 
 

@@ -100,7 +100,7 @@ def test_similarity_map_is_cosine_upsampled_and_postprocessed(sam):
     target = F.normalize(torch.randn(1, 256), dim=-1)
     sim = similarity_map(sam, target, embedding, (60, 80))
     cosine = (target @ F.normalize(embedding, dim=0).reshape(256, -1)).reshape(1, 1, 64, 64)
-    expected = sam.sam.postprocess_masks(F.interpolate(cosine, scale_factor=4, mode="bilinear"), (768, 1024), (60, 80))
+    expected = sam._raw_sam().postprocess_masks(F.interpolate(cosine, scale_factor=4, mode="bilinear"), (768, 1024), (60, 80))
     assert sim.shape == (60, 80) and torch.allclose(sim, expected[0, 0], atol=1e-6)
 
 
@@ -136,7 +136,7 @@ def official_style_transformer(transformer, src, pos_src, tokens, t):
 
 
 def test_target_embedding_reproduces_the_aliasing_arithmetic(sam):
-    transformer = sam.sam.mask_decoder.transformer
+    transformer = sam._raw_sam().mask_decoder.transformer
     torch.manual_seed(0)
     src, pos, tokens, t = torch.randn(1, 256, 64, 64), torch.randn(1, 256, 64, 64), torch.randn(1, 7, 256), torch.randn(1, 1, 256)
     with torch.no_grad():
@@ -148,7 +148,7 @@ def test_target_embedding_reproduces_the_aliasing_arithmetic(sam):
 
 
 def test_guided_attention_is_a_second_softmax(sam):
-    attn = sam.sam.mask_decoder.transformer.layers[0].cross_attn_token_to_image
+    attn = sam._raw_sam().mask_decoder.transformer.layers[0].cross_attn_token_to_image
     torch.manual_seed(1)
     q, k, v, bias = torch.randn(1, 7, 256), torch.randn(1, 4096, 256), torch.randn(1, 4096, 256), torch.rand(1, 1, 1, 4096)
     with torch.no_grad():

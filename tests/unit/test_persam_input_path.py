@@ -248,7 +248,7 @@ def box_of(mask):
 
 @pytest.fixture(scope="module")
 def predictor(sam, scene):
-    predictor = SamPredictor(sam.sam)
+    predictor = SamPredictor(sam._raw_sam())
     predictor.set_image(scene[0])
     return predictor
 
@@ -258,7 +258,7 @@ def test_persam_refinements_equal_the_official_flow(sam, scene, predictor, monke
     refinement 1 (low-res logits), refinement 2 (+ box) -> the same prompts at the encoder and
     the same final mask."""
     image, embedding, target = scene
-    spy = PromptEncoderSpy(sam.sam.prompt_encoder, monkeypatch)
+    spy = PromptEncoderSpy(sam._raw_sam().prompt_encoder, monkeypatch)
     spy.size = image.shape[:2]
     sim = similarity_map(sam, target, embedding, image.shape[:2])
     xy, labels = official_point_selection(sim, negative=True)
@@ -284,7 +284,7 @@ def test_persam_f_inference_equals_the_official_flow(sam, scene, predictor, monk
     """persam_f.py's test loop with given weights: weighted mix of the 3 full-resolution and the
     3 low-res logit maps, box refinement, box refinement -> the same prompts and final mask."""
     image, embedding, target = scene
-    spy = PromptEncoderSpy(sam.sam.prompt_encoder, monkeypatch)
+    spy = PromptEncoderSpy(sam._raw_sam().prompt_encoder, monkeypatch)
     spy.size = image.shape[:2]
     w = torch.tensor([[0.21], [0.47]])  # official parameter shape (2, 1)
     weights = torch.cat((1 - w.sum(0).unsqueeze(0), w), dim=0)

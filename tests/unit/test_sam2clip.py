@@ -34,10 +34,10 @@ def test_only_the_adapter_trains_and_the_mse_falls(tmp_path):
     model = build(tmp_path)
     params = model.trainable_parameters()
     assert params and all(name.startswith("adapter.") for name in params)
-    assert torch.equal(model.adapter.pos_embed, model.sam.image_encoder.pos_embed)  # SAM's, copied
+    assert torch.equal(model.adapter.pos_embed, model.sam._raw_sam().image_encoder.pos_embed)  # SAM's, copied
     batch = Batch([Sample(index=i, image=image) for i, image in enumerate(images())])
     teacher_runs = [0]
-    model.sam.image_encoder.register_forward_hook(lambda *a: teacher_runs.__setitem__(0, teacher_runs[0] + 1) or None)
+    model.sam._raw_sam().image_encoder.register_forward_hook(lambda *a: teacher_runs.__setitem__(0, teacher_runs[0] + 1) or None)
     optimizer = torch.optim.AdamW(list(params.values()), lr=1e-3)
     losses = []
     for _ in range(3):

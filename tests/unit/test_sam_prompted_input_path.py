@@ -107,7 +107,7 @@ def test_prompts_and_masks_equal_sam_predictor(scene, monkeypatch):
     size = sample.size
     boxes = mask_boxes(sample.masks).numpy()
     points = interior_points(sample.masks).numpy()
-    spy = PromptEncoderSpy(sam.sam.prompt_encoder, monkeypatch)
+    spy = PromptEncoderSpy(sam._raw_sam().prompt_encoder, monkeypatch)
     for prompt in ("box", "point", "box_point"):
         method = METHODS.get("sam_prompted")(sam=sam, prompt=prompt, finetune="none", multimask_output=True)
         spy.stop = prompt != "box_point"  # decode only the last one
@@ -128,7 +128,7 @@ def test_prompts_and_masks_equal_sam_predictor(scene, monkeypatch):
             assert ours["points"] is None
 
     spy.stop = False
-    predictor = SamPredictor(sam.sam)  # the last prediction: box + point
+    predictor = SamPredictor(sam._raw_sam())  # the last prediction: box + point
     predictor.set_image(sample.image)
     for i in range(2):
         official, scores, _ = predictor.predict(box=boxes[i], point_coords=points[i], point_labels=np.array([1]),

@@ -46,7 +46,7 @@ class _Scene:
         self.shape = shape
         self.image = make_image(shape, seed=shape[0] * 1000 + shape[1])
         self.embedding = backbone.embed_images([self.image])  # 1×256×64×64
-        self.predictor = SamPredictor(backbone.sam)
+        self.predictor = SamPredictor(backbone._raw_sam())
         self.predictor.set_image(self.image)
 
 
@@ -146,7 +146,7 @@ def test_sam_forward_matches_and_is_no_grad(backbone, scenes):
         "original_size": scene.shape,
         "boxes": backbone.transform.apply_boxes_torch(boxes, scene.shape),
     }
-    out = backbone.sam([record], multimask_output=False)[0]
+    out = backbone._raw_sam()([record], multimask_output=False)[0]
     assert not out["low_res_logits"].requires_grad
     assert not out["iou_predictions"].requires_grad
 
@@ -154,7 +154,7 @@ def test_sam_forward_matches_and_is_no_grad(backbone, scenes):
     assert logits.requires_grad and iou.requires_grad and low_res.requires_grad
     assert_close(low_res, out["low_res_logits"])
     assert_close(iou, out["iou_predictions"])
-    assert torch.equal(logits > backbone.sam.mask_threshold, out["masks"])
+    assert torch.equal(logits > backbone._raw_sam().mask_threshold, out["masks"])
 
 
 # ----- batched prompts ----------------------------------------------------------------------
@@ -201,7 +201,7 @@ def _grad_norm(param: torch.nn.Parameter) -> float:
 def test_gradients_reach_decoder_and_encoder(backbone):
     shape = (48, 64)
     image = make_image(shape, seed=7)
-    sam = backbone.sam
+    sam = backbone._raw_sam()
     decoder_params = {
         "transformer.layers.0.self_attn.q_proj": sam.mask_decoder.transformer.layers[0].self_attn.q_proj.weight,
         "transformer.final_attn": sam.mask_decoder.transformer.final_attn_token_to_image.v_proj.weight,
@@ -237,8 +237,8 @@ def test_gradients_reach_decoder_from_cached_embedding(backbone, scenes):
     try:
         logits, iou, _ = backbone.predict(scene.embedding, scene.shape, boxes=torch.tensor([PROMPTS["box"]["box"]]))
         logits.mean().backward()
-        assert _grad_norm(backbone.sam.mask_decoder.output_hypernetworks_mlps[0].layers[0].weight) > 0
-        assert all(p.grad is None for p in backbone.sam.image_encoder.parameters())
+        assert _grad_norm(backbone._raw_sam().mask_decoder.output_hypernetworks_mlps[0].layers[0].weight) > 0
+        assert all(p.grad is None for p in backbone._raw_sam().image_encoder.parameters())
     finally:
         backbone.zero_grad(set_to_none=True)
 
@@ -283,7 +283,7 @@ def test_transformer_fn_receives_upstream_transformer_and_is_used(backbone, scen
         new_low, new_iou = backbone.decode(scene.embedding, sparse, dense, True, transformer_fn=shifted)
     assert len(seen) == 1
     transformer, src_shape, pos_shape, tok_shape = seen[0]
-    assert transformer is backbone.sam.mask_decoder.transformer
+    assert transformer is backbone._raw_sam().mask_decoder.transformer
     assert src_shape == pos_shape == (2, 256, 64, 64)
     # IoU token + 4 mask tokens + 2 points + 2 box corners (no padding point with a box)
     assert tok_shape == (2, 1 + 4 + sparse.shape[1], 256) and sparse.shape[1] == 4
@@ -361,13 +361,13 @@ def test_block_fn_called_once_per_block_in_order(backbone, pixels):
         return block(x)
 
     def skip_last(index, block, x):
-        return x if index == len(backbone.sam.image_encoder.blocks) - 1 else block(x)
+        return x if index == len(backbone._raw_sam().image_encoder.blocks) - 1 else block(x)
 
     with torch.no_grad():
         ref = backbone.encode(pixels)
         out = backbone.encode(pixels, block_fn=recording)
         skipped = backbone.encode(pixels, block_fn=skip_last)
-    blocks = list(backbone.sam.image_encoder.blocks)
+    blocks = list(backbone._raw_sam().image_encoder.blocks)
     assert [c[0] for c in calls] == list(range(len(blocks))) == [0, 1]
     assert all(c[1] is blocks[i] for i, c in enumerate(calls))
     assert all(c[2] == (1, 64, 64, 32) for c in calls)
@@ -386,7 +386,7 @@ def test_input_size_and_postprocess_sizes(backbone, shape):
     assert backbone.postprocess(low_res, shape).shape == (2, 3, h, w)
     # same as upstream postprocess_masks with the resized image size
     assert_close(
-        backbone.postprocess(low_res, shape), backbone.sam.postprocess_masks(low_res, tuple(expected), shape), atol=0
+        backbone.postprocess(low_res, shape), backbone._raw_sam().postprocess_masks(low_res, tuple(expected), shape), atol=0
     )
     assert backbone.preprocess(np.zeros((h, w, 3), dtype=np.uint8)).shape == (1, 3, 1024, 1024)
 
@@ -395,7 +395,7 @@ def test_preprocess_matches_sam_and_pads_with_zeros(backbone):
     image = make_image((120, 160), seed=5)
     pixels = backbone.preprocess(image)
     resized = backbone.transform.apply_image(image)
-    expected = backbone.sam.preprocess(torch.as_tensor(resized).permute(2, 0, 1)[None].float())
+    expected = backbone._raw_sam().preprocess(torch.as_tensor(resized).permute(2, 0, 1)[None].float())
     assert torch.equal(pixels, expected)
     assert (pixels[..., 768:, :] == 0).all()  # 120×160 -> 768×1024, padded at the bottom
     assert (pixels[..., :768, :] != 0).any()

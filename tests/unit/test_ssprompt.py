@@ -134,7 +134,7 @@ def test_training_lowers_the_loss_and_moves_only_prompt_parameters(name, learnt)
     model = build(name)
     assert set(model.trainable_parameters()) == learnt
     frozen = {k: v.clone() for k, v in model.state_dict().items() if not any(k.startswith(p.split(".")[0]) for p in learnt)}
-    prompt_encoder_calls = count_calls(model.sam.prompt_encoder)
+    prompt_encoder_calls = count_calls(model.sam._raw_sam().prompt_encoder)
     text_encoder_calls = count_calls(model.clip.clip.transformer)
     optimizer = torch.optim.Adam(list(model.trainable_parameters().values()), lr=0.05)
     losses = []

@@ -60,7 +60,7 @@ def test_default_spatial_prompts_by_hand(method):
     xs, ys = (np.arange(grid) + 0.5) * 1024 / grid, (np.arange(grid) + 0.5) * (1024 / aspect) / grid
     points = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2)  # row-major: y outer, x inner
     assert np.allclose(grid_points(grid, aspect).numpy(), points, atol=1e-4)
-    encoder = method.sam.prompt_encoder
+    encoder = method.sam._raw_sam().prompt_encoder
     gauss = encoder.pe_layer.positional_encoding_gaussian_matrix.double().numpy()
     coords = 2 * ((points + 0.5) / 1024) - 1
     phase = 2 * np.pi * coords @ gauss
@@ -68,7 +68,7 @@ def test_default_spatial_prompts_by_hand(method):
     point_token = pe + encoder.point_embeddings[1].weight.double().numpy()
     padding_token = np.broadcast_to(encoder.not_a_point_embed.weight.double().numpy(), point_token.shape)
     expected = np.stack([point_token, padding_token], axis=1)
-    assert np.abs(spatial_defaults(encoder, grid, aspect).double().numpy() - expected).max() < 1e-5
+    assert np.abs(spatial_defaults(method.sam, grid, aspect).double().numpy() - expected).max() < 1e-5
     assert np.abs(method.spatial.defaults.double().numpy() - expected).max() < 1e-5
 
 

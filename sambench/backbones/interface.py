@@ -1,0 +1,224 @@
+"""The backbone interface: everything a method may ask of a promptable segmentation model.
+
+Methods hold a :class:`SegmentationBackbone` and use only the members below; the raw modules
+(image encoder, prompt encoder, mask decoder) are private to the backbone. What a method needs
+beyond the common contract is declared as **capabilities**: the backbone class lists the ones it
+has (``CAPABILITIES``), the method class the ones it needs (``REQUIRES``), and the composition
+root calls :func:`check_capabilities` before building anything.
+
+Why this shape fits the next backbones without any method changing:
+
+- SAM 2.1 (Hiera encoder, an object-score head): ``encode_features`` returns the stride-16
+  embedding plus its stride-4/8 maps in ``ImageFeatures.levels`` (declares ``high_res_features``),
+  and ``decode`` takes the ``ImageFeatures`` back, so the high-resolution skip connections stay
+  inside the backbone; the object score can be folded into the IoU output. Hiera blocks are not a
+  plain ViT, so it simply does not declare ``token_injection`` / ``vit_encoder`` (DIT and the
+  SAM2CLIP adapter then fail at compose time with a clear message instead of at run time).
+- HQ-SAM: its early and final ViT features are another ``levels`` entry and its HQ token one
+  more output token inside ``decode``; masks, IoU and the extension points keep their shapes.
+- Positional encodings (``image_pe``), the no-mask dense embedding, prompt encoding and pre/post-
+  processing are asked for by grid size and coordinates, never by reaching into submodules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from sambench.errors import ConfigError
+
+#: (transformer, src B×C×h×w, pos_src B×C×h×w, tokens B×T×C) -> (hs B×T×C, src B×hw×C)
+TransformerFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], tuple]
+#: (block index, block, x B×h×w×C) -> x B×h×w×C
+BlockFn = Callable[[int, nn.Module, torch.Tensor], torch.Tensor]
+
+# ----- capabilities -----------------------------------------------------------------------------
+#: ``encode(block_fn=...)`` hands over ViT blocks on a B×h×w×C grid that accept extra tokens (DIT).
+TOKEN_INJECTION = "token_injection"
+#: ``decode_with_output_token``: a caller's token in the IoU token's place (OV-SAM's label token).
+EXTRA_OUTPUT_TOKENS = "extra_output_tokens"
+#: ``decode(transformer_fn=...)`` hands over a SAM two-way transformer (PerSAM, DIT decoder layers).
+TWO_WAY_TRANSFORMER_FN = "two_way_transformer_fn"
+#: ``encoder_spec()`` / ``encoder_pos_embed()`` describe a plain ViT (the SAM2CLIP adapter imitates it).
+VIT_ENCODER = "vit_encoder"
+#: ``encode_features`` returns extra feature levels (SAM 2.1's stride-4/8 maps, HQ-SAM's early ViT features).
+HIGH_RES_FEATURES = "high_res_features"
+CAPABILITIES = frozenset({TOKEN_INJECTION, EXTRA_OUTPUT_TOKENS, TWO_WAY_TRANSFORMER_FN, VIT_ENCODER, HIGH_RES_FEATURES})
+
+
+@dataclass(frozen=True)
+class ImageFeatures:
+    """What the image encoder produced: ``embedding`` B×C×h×w (SAM: 256×64×64 at 1024²) and any
+    extra feature levels by name (each B×…; empty for SAM v1)."""
+
+    embedding: torch.Tensor
+    levels: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Sizes of a plain-ViT image encoder: token width, number of blocks, heads, token grid side."""
+
+    width: int
+    depth: int
+    num_heads: int
+    grid: int
+
+
+class SegmentationBackbone(nn.Module):
+    """The contract every backbone implements and every method uses exclusively.
+
+    Shapes for SAM v1 (``image_size`` 1024, ``embed_dim`` 256): embeddings 1×256×64×64 per
+    image, sparse prompts N×T×256, dense prompts N×256×64×64, low-res logits N×M×256×256.
+    """
+
+    #: what this backbone can do beyond the common contract (see the constants above)
+    CAPABILITIES: frozenset[str] = frozenset()
+
+    image_size: int  # input side of the encoder's frame (longest image side is resized to it)
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return self.CAPABILITIES
+
+    # ----- sizes ------------------------------------------------------------------------------
+    @property
+    def embed_dim(self) -> int:
+        """Channels of the image embedding, prompt tokens and decoder tokens (SAM: 256)."""
+        raise NotImplementedError
+
+    @property
+    def mask_threshold(self) -> float:
+        """Logit threshold of a foreground pixel."""
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        raise NotImplementedError
+
+    def encoder_spec(self) -> EncoderSpec:
+        """Sizes of the ViT encoder (capability ``vit_encoder``)."""
+        raise NotImplementedError
+
+    def encoder_pos_embed(self) -> torch.Tensor:
+        """The ViT's absolute position embedding 1×g×g×width (capability ``vit_encoder``)."""
+        raise NotImplementedError
+
+    # ----- images -----------------------------------------------------------------------------
+    def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) of the image after resizing its longest side to ``image_size``."""
+        raise NotImplementedError
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """H×W×3 uint8 RGB -> 1×3×S×S normalised, zero-padded encoder input."""
+        raise NotImplementedError
+
+    def normalize_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Resized B×3×h×w pixels (0–255) -> normalised, zero-padded B×3×S×S."""
+        raise NotImplementedError
+
+    def encode(self, pixels: torch.Tensor, block_fn: BlockFn | None = None) -> torch.Tensor:
+        """B×3×S×S (any S the encoder accepts) -> embedding B×C×S/16×S/16."""
+        return self.encode_features(pixels, block_fn).embedding
+
+    def encode_features(self, pixels: torch.Tensor, block_fn: BlockFn | None = None) -> ImageFeatures:
+        """B×3×S×S -> the embedding plus any extra feature levels."""
+        raise NotImplementedError
+
+    def embed_images(self, images: list[np.ndarray]) -> torch.Tensor:
+        """Frozen-encoder embeddings B×C×h×w of uint8 images (through the cache when enabled)."""
+        raise NotImplementedError
+
+    def drop_image_encoder(self, reason: str) -> None:
+        """Free the image encoder of a method that never runs it."""
+        raise NotImplementedError
+
+    # ----- prompts ----------------------------------------------------------------------------
+    def image_pe(self, grid_hw: tuple[int, int]) -> torch.Tensor:
+        """Positional encoding of an embedding grid of any size -> 1×C×h×w."""
+        raise NotImplementedError
+
+    def no_mask_embedding(self, n: int, grid_hw: tuple[int, int]) -> torch.Tensor:
+        """The dense embedding of "no mask prompt" for ``n`` prompt sets -> n×C×h×w (a view)."""
+        raise NotImplementedError
+
+    def encode_prompts(self, original_size: tuple[int, int], points=None, point_labels=None, boxes=None,
+                       mask_inputs=None, float64_coords: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts in original-image pixels -> (sparse N×T×C, dense N×C×h×w)."""
+        raise NotImplementedError
+
+    def encode_frame_prompts(self, points=None, point_labels=None, boxes=None,
+                             mask_inputs=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts already in the encoder's input frame -> (sparse N×T×C, dense N×C×h×w)."""
+        raise NotImplementedError
+
+    def scale_coords(self, coords: torch.Tensor, original_size: tuple[int, int], float64: bool = False) -> torch.Tensor:
+        """(x, y) …×2 in original pixels -> …×2 in the input frame."""
+        raise NotImplementedError
+
+    def scale_boxes(self, boxes: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
+        """N×4 xyxy boxes in original pixels -> N×4 in the input frame."""
+        return self.scale_coords(boxes.reshape(-1, 2, 2), original_size).reshape(-1, 4)
+
+    # ----- decoder ----------------------------------------------------------------------------
+    def decode(self, embedding: torch.Tensor | ImageFeatures, sparse: torch.Tensor, dense: torch.Tensor,
+               multimask_output: bool = False,
+               transformer_fn: TransformerFn | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embedding 1×C×h×w (N prompt sets share it) or N×C×h×w -> low-res logits N×M×4h×4w, IoU N×M."""
+        raise NotImplementedError
+
+    def decode_with_output_token(self, embedding: torch.Tensor | ImageFeatures, token: torch.Tensor,
+                                 sparse: torch.Tensor, dense: torch.Tensor,
+                                 transformer_fn: TransformerFn | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Single-mask decoding with ``token`` (1×C) in the IoU token's place (``extra_output_tokens``)
+        -> low-res logits N×1×4h×4w and the token's output N×C."""
+        raise NotImplementedError
+
+    def postprocess(self, low_res: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
+        """Low-res logits N×M×4h×4w -> N×M×H×W at the original size."""
+        raise NotImplementedError
+
+    def predict(self, embedding, original_size, points=None, point_labels=None, boxes=None, mask_inputs=None,
+                multimask_output: bool = False, transformer_fn: TransformerFn | None = None,
+                float64_coords: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """encode_prompts -> decode -> postprocess: logits N×M×H×W, IoU N×M, low-res N×M×4h×4w."""
+        sparse, dense = self.encode_prompts(original_size, points, point_labels, boxes, mask_inputs, float64_coords)
+        low_res, iou = self.decode(embedding, sparse, dense, multimask_output, transformer_fn)
+        return self.postprocess(low_res, original_size), iou, low_res
+
+    # ----- training ---------------------------------------------------------------------------
+    def set_trainable(self, *, image_encoder: bool = False, prompt_encoder: bool = False, mask_decoder: bool = False,
+                      iou_head: bool | None = None, no_mask_embed: bool | None = None,
+                      output_token_only: bool = False) -> None:
+        """Freeze everything, then let the named parts train.
+
+        Args:
+            image_encoder / prompt_encoder / mask_decoder: whole parts.
+            iou_head: the IoU prediction head (None: as ``mask_decoder``).
+            no_mask_embed: the no-mask dense embedding (None: as ``prompt_encoder``).
+            output_token_only: keep frozen what :meth:`decode_with_output_token` never uses
+                (the IoU token and the other mask tokens' output heads).
+        """
+        raise NotImplementedError
+
+
+def missing_capabilities(required, backbone_cls: type) -> list[str]:
+    """The capabilities in ``required`` that ``backbone_cls`` does not declare, sorted."""
+    return sorted(set(required) - set(getattr(backbone_cls, "CAPABILITIES", frozenset())))
+
+
+def check_capabilities(method_name: str, method_cls: type, backbone_name: str, backbone_cls: type) -> None:
+    """Compose-time check: raise a ConfigError when the backbone lacks what the method ``REQUIRES``."""
+    unknown = sorted(set(getattr(method_cls, "REQUIRES", ())) - CAPABILITIES)
+    if unknown:
+        raise ConfigError(f"method '{method_name}' requires unknown backbone capabilities {unknown}; "
+                          f"known: {', '.join(sorted(CAPABILITIES))}")
+    missing = missing_capabilities(getattr(method_cls, "REQUIRES", ()), backbone_cls)
+    if missing:
+        has = ", ".join(sorted(backbone_cls.CAPABILITIES)) or "none"
+        raise ConfigError(f"method '{method_name}' needs backbone capabilities {', '.join(missing)}, which backbone "
+                          f"'{backbone_name}' ({backbone_cls.__name__}) lacks; it has: {has}")
