@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from sambench.data.base import PERSONALIZE
+from sambench import tasks
 from sambench.engine.checkpoint import save_atomic
 from sambench.errors import ConfigError
 from sambench.evaluation.instance_iou import mask_iou
@@ -66,7 +66,7 @@ class PerSAM(SambenchMethod):
         instance_overlap: IoU with an earlier mask that stops the repetition.
     """
 
-    TASK = PERSONALIZE
+    TASK = tasks.PERSONALIZE
 
     def __init__(
         self, *, sam, negative_point: bool = True, guided_attention: bool = True, guidance_alpha: float = 1.0,
@@ -117,8 +117,7 @@ class PerSAM(SambenchMethod):
         for sample, embedding in zip(batch, embeddings):
             concept = self.adapt(sample)
             masks, fallbacks = self.segment_instances(concept, embedding, sample.size)
-            predictions.append(Prediction(index=sample.index, masks=torch.stack(masks).cpu(),
-                                          meta={"fallbacks": fallbacks}))
+            predictions.append(Prediction(index=sample.index, masks=torch.stack(masks).cpu(), fallbacks=fallbacks))
         return predictions
 
     def segment_instances(self, concept: Concept, embedding: torch.Tensor, size) -> tuple[list[torch.Tensor], int]:
@@ -185,6 +184,8 @@ class PerSAMF(PerSAM):
         weights_dir: a folder of fitted weights (``<concept>.pt``) to reuse instead of fitting.
         run_dir: where fitted weights are saved (``<run>/persam_f_weights/<concept>.pt``).
     """
+
+    ROOT_KWARGS = ("run_dir",)
 
     def __init__(
         self, *, sam, iterations: int = 1000, lr: float = 1e-3, eps: float = 1e-4, weight_decay: float = 0.01,

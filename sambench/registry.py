@@ -4,8 +4,9 @@
 under the private package name ``sambench_plugins`` so that a top-level ``datasets`` package is
 never installed or put on ``sys.path`` (Hugging Face ``datasets`` keeps working).
 
-Each registered method class declares ``TASK`` (a string) and each dataset class declares
-``TASKS`` (a tuple); a method can run on a dataset only if its task is among the dataset's.
+Each registered method class declares ``TASK`` and each dataset class declares ``TASKS`` (a tuple),
+:class:`sambench.tasks.Task` objects; a method can run on a dataset only if its task is among the
+dataset's.
 """
 
 from __future__ import annotations
