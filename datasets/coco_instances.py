@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sambench.data.base import PROMPTED_INSTANCE, SambenchDataset, inside_root, resolve_root
+from sambench import tasks
+from sambench.data.base import SambenchDataset, inside_root, resolve_root
 from sambench.data.coco_format import contiguous_categories, instance_tensors, load_coco_json, read_coco_image
 from sambench.errors import ConfigError, DatasetError
 from sambench.registry import DATASETS
@@ -46,7 +47,7 @@ class CocoInstancesDataset(SambenchDataset):
         max_images: keep only the first N images (by id) that have an instance.
     """
 
-    TASKS = (PROMPTED_INSTANCE,)
+    TASKS = (tasks.PROMPTED_INSTANCE,)
 
     def __init__(
         self,

@@ -15,7 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sambench.data.base import OPEN_VOCAB_INSTANCE, inside_root, resolve_root
+from sambench import tasks
+from sambench.data.base import inside_root, resolve_root
 from sambench.data.coco_format import load_coco_json
 from sambench.data.open_vocab import COCO_BASE_IDS, COCO_NOVEL_IDS, OpenVocabInstanceDataset
 from sambench.errors import DatasetError
@@ -37,7 +38,7 @@ def _image_dir(ann_file: str, option: str) -> str:
 class _CocoOpenVocab(OpenVocabInstanceDataset):
     """COCO instances with a category filter per split (see the module docstring)."""
 
-    TASKS = (OPEN_VOCAB_INSTANCE,)
+    TASKS = (tasks.OPEN_VOCAB_INSTANCE,)
     NAME = "coco"
 
     def _split_ids(self, all_ids: list[int], split: str) -> tuple[list[int], list[int]]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from sambench.data.base import IMAGE_DISTILLATION, SambenchDataset, inside_root, read_image, resolve_root, walk_files
+from sambench import tasks
+from sambench.data.base import SambenchDataset, inside_root, read_image, resolve_root, walk_files
 from sambench.errors import ConfigError, DatasetError
 from sambench.registry import DATASETS
 from sambench.structures import Sample
@@ -28,7 +29,7 @@ class ImageFolderDataset(SambenchDataset):
         max_images: keep only the first N images of the split (quick runs).
     """
 
-    TASKS = (IMAGE_DISTILLATION,)
+    TASKS = (tasks.IMAGE_DISTILLATION,)
 
     def __init__(self, *, split: str, root: str, train_dir: str = ".", eval_dir: str | None = None, eval_images: int = 8,
                  suffixes: tuple[str, ...] = (".jpg", ".jpeg", ".png"), max_images: int | None = None):

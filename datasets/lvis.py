@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sambench.data.base import OPEN_VOCAB_INSTANCE, inside_root, resolve_root
+from sambench import tasks
+from sambench.data.base import inside_root, resolve_root
 from sambench.data.coco_format import load_coco_json
 from sambench.data.open_vocab import OpenVocabInstanceDataset, synonyms
 from sambench.errors import DatasetError
@@ -52,8 +53,9 @@ class LvisDataset(OpenVocabInstanceDataset):
     ``class_synonyms`` (the categories' ``synonyms`` lists, or :func:`synonyms` of the name).
     """
 
-    TASKS = (OPEN_VOCAB_INSTANCE,)
+    TASKS = (tasks.OPEN_VOCAB_INSTANCE,)
     NAME = "lvis"
+    ANNOTATION_FORMAT = "lvis"
 
     def __init__(
         self,

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sambench import tasks
 from sambench.data.base import (
-    PERSONALIZE,
     SambenchDataset,
     inside_root,
     read_image,
@@ -83,7 +83,7 @@ class PerSegDataset(SambenchDataset):
         objects: keep only these object folders (None = all).
     """
 
-    TASKS = (PERSONALIZE,)
+    TASKS = (tasks.PERSONALIZE,)
 
     def __init__(
         self,

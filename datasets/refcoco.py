@@ -17,7 +17,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sambench.data.base import REFERRING, SambenchDataset, inside_root, resolve_root
+from sambench import tasks
+from sambench.data.base import SambenchDataset, inside_root, resolve_root
 from sambench.data.coco_format import contiguous_categories, instance_tensors, load_coco_json, read_coco_image
 from sambench.data.refer_json import REFER_SPLITS, load_refs, refs_file, select_refs
 from sambench.errors import ConfigError, DatasetError
@@ -69,7 +70,7 @@ class RefCocoDataset(SambenchDataset):
         max_samples: keep only the first N samples (for quick runs); None = all.
     """
 
-    TASKS = (REFERRING,)
+    TASKS = (tasks.REFERRING,)
     DATASET = "refcoco"
     SPLIT_BY = "unc"
     NAME = "refcoco"

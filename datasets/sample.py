@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sambench.data.base import PROMPTED_INSTANCE, SambenchDataset
+from sambench import tasks
+from sambench.data.base import SambenchDataset
 from sambench.errors import ConfigError
 from sambench.registry import DATASETS
 from sambench.structures import Sample
@@ -89,7 +90,7 @@ class SampleShapesDataset(SambenchDataset):
         seed: base random seed.
     """
 
-    TASKS = (PROMPTED_INSTANCE,)
+    TASKS = (tasks.PROMPTED_INSTANCE,)
 
     def __init__(
         self,

@@ -7,20 +7,30 @@ from torch import nn
 
 from sambench.errors import ConfigError
 from sambench.structures import Batch, Prediction
+from sambench.tasks import Task
+
+#: What a method may ask the composition root for (``ROOT_KWARGS``).
+ROOT_KWARG_NAMES = ("class_names", "run_dir", "cache_dir")
 
 
 class SambenchMethod(nn.Module):
     """Base class of every registered method.
 
-    Subclasses set ``TASK`` (and ``REQUIRES`` when they need more of the backbone than the
-    common interface) and implement ``training_step`` (methods that train) and
-    ``predict``. The engine calls ``forward`` (= ``training_step``) so DDP sees it, and owns
-    backward, AMP, clipping, EMA, checkpoints and logging.
+    Subclasses set ``TASK`` (a :class:`~sambench.tasks.Task`), ``REQUIRES`` when they need
+    more of the backbone than the common interface, and implement ``training_step`` (methods
+    that train) and ``predict``. The engine calls ``forward`` (= ``training_step``) so DDP sees
+    it, and owns backward, AMP, clipping, EMA, checkpoints and logging.
+
+    ``ROOT_KWARGS`` names the constructor keywords that the composition root fills besides the
+    method's config keys, from :data:`ROOT_KWARG_NAMES`: ``class_names`` (the dataset's
+    vocabulary, e.g. SSPrompt's semantic prompts), ``run_dir`` (the run folder, e.g. PerSAM-F's
+    fitted weights) and ``cache_dir`` (frozen-feature caches; None when caching is off).
     """
 
-    TASK: str = ""
+    TASK: Task
     #: backbone capabilities this method needs (:mod:`sambench.backbones.interface`), checked at compose time
     REQUIRES: frozenset[str] = frozenset()
+    ROOT_KWARGS: tuple[str, ...] = ()
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Named scalar loss terms; the engine back-propagates their sum."""

@@ -6,8 +6,9 @@ top-level ``datasets`` package is never installed or put on ``sys.path`` (Huggin
 ``datasets`` keeps working). A plugin is a module (``datasets/coco_ov.py``) or a package
 (``methods/ovsam/``: the method, its helpers, its official-checkpoint mapping and its README).
 
-Each registered method class declares ``TASK`` (a string) and each dataset class declares
-``TASKS`` (a tuple); a method can run on a dataset only if its task is among the dataset's.
+Each registered method class declares ``TASK`` and each dataset class declares ``TASKS`` (a tuple),
+:class:`sambench.tasks.Task` objects; a method can run on a dataset only if its task is among the
+dataset's.
 """
 
 from __future__ import annotations

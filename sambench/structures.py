@@ -102,6 +102,23 @@ def collate(samples: list[Sample]) -> Batch:
 
 
 @dataclass
+class Detection:
+    """One detector-prompted instance (open-vocabulary detection mode; scored as mask AP).
+
+    Attributes:
+        bbox: the prompt box, xyxy in original pixels.
+        score: confidence (e.g. detector score × class probability).
+        class_id: predicted dataset-contiguous class index.
+        mask: H×W bool mask at the original image size.
+    """
+
+    bbox: list[float]
+    score: float
+    class_id: int
+    mask: torch.Tensor
+
+
+@dataclass
 class Prediction:
     """A method's output for one sample.
 
@@ -111,6 +128,20 @@ class Prediction:
         scores: N float32 confidence (SAM's predicted IoU or a classifier score), or None.
         class_ids: N int64 predicted classes, or None.
         semantic: H×W int64 predicted label map, or None.
+        logits: mask logits before the threshold (DIT: 512×512 float32 on its letterboxed
+            canvas), written as ``.npy`` beside the mask PNG; or None.
+        detections: detection-mode outputs (open-vocabulary mask AP), or None (not detection
+            mode; an empty list = no detection in this image).
+        embedding_mse: image distillation: mean squared error of the student's 256×64×64
+            embedding to the teacher's, or None.
+        embedding_cosine: image distillation: mean over positions of the cosine similarity of
+            the 256-d vectors, or None.
+        instance_names: one file name per mask (OV-SAM: ``<image_id>_<ann_id>``) for per-instance
+            PNGs, or None (no per-instance files).
+        instance_labels: one ``{"class_id", "class_name", "score"}`` per mask for
+            ``predictions/labels.json``, or None.
+        fallbacks: how many times the method fell back to a default output (PerSAM: empty
+            masks), summed by the personalization evaluator.
     """
 
     index: int
@@ -118,4 +149,10 @@ class Prediction:
     scores: torch.Tensor | None = None
     class_ids: torch.Tensor | None = None
     semantic: torch.Tensor | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
+    logits: torch.Tensor | None = None
+    detections: list[Detection] | None = None
+    embedding_mse: float | None = None
+    embedding_cosine: float | None = None
+    instance_names: list[str] | None = None
+    instance_labels: list[dict[str, Any]] | None = None
+    fallbacks: int = 0

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sambench import tasks
 from sambench.backbones.interface import TOKEN_INJECTION, TWO_WAY_TRANSFORMER_FN
 from sambench.backbones.joint_attention import joint_block
 from sambench.backbones.text import BertTextEncoder
-from sambench.data.base import REFERRING
 from sambench.errors import ConfigError
 from .decoder_layers import ExtraDecoderLayers
 from .injection import ATTENTION, TextInjection
@@ -60,7 +60,7 @@ class TextInstructedSam(SambenchMethod):
             ``text_encoder.tokenizer`` is needed). See ``methods/dit/README.md`` "Official checkpoints".
     """
 
-    TASK = REFERRING
+    TASK = tasks.REFERRING
     REQUIRES = frozenset({TOKEN_INJECTION})
     INJECTION = "none"
 
@@ -132,7 +132,7 @@ class TextInstructedSam(SambenchMethod):
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> list[Prediction]:
-        """One 1×H×W bool mask per sample (its single expression); ``meta["logits"]`` keeps the
+        """One 1×H×W bool mask per sample (its single expression); ``logits`` keeps the
         512×512 float32 logits before the threshold (for comparison with other code)."""
         device = self.text_proj.weight.device
         prepared = [self.preprocess.evaluation(sample.image, device) for sample in batch]
@@ -141,8 +141,7 @@ class TextInstructedSam(SambenchMethod):
         for sample, (_, where), sample_logits in zip(batch, prepared, logits):
             binary = (sample_logits[None].float().sigmoid() > self.threshold).float()
             mask = unletterbox(binary, where, sample.size)[0] > 0  # 1×H×W
-            meta = {"logits": sample_logits[0].float().cpu()}
-            predictions.append(Prediction(index=sample.index, masks=mask.cpu(), meta=meta))
+            predictions.append(Prediction(index=sample.index, masks=mask.cpu(), logits=sample_logits[0].float().cpu()))
         return predictions
 
     def official_files(self, *, name: str, backbone: str, dataset: str, ddp_prefix: bool = False) -> dict[str, dict]:

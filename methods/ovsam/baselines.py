@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from sambench import tasks
 from sambench.backbones.clip import ClipBackbone
-from sambench.data.base import OPEN_VOCAB_INSTANCE
 from sambench.errors import ConfigError
 from sambench.method import SambenchMethod
 from .classifier import cosine_logits
@@ -33,7 +33,7 @@ from .text_embeddings import class_synonyms
 from .vocabulary import TextEmbeddingBank
 from sambench.backbones.clip_context import CoOpContext
 from sambench.registry import METHODS
-from sambench.structures import Batch, Prediction, Sample
+from sambench.structures import Batch, Detection, Prediction, Sample
 
 def _lists_key(synonym_lists: list[list[str]] | None) -> tuple | None:
     """A hashable form of per-class synonym lists."""
@@ -63,7 +63,8 @@ class SamClipCropBaseline(SambenchMethod):
         cache_dir: SAM-embedding / CLIP-feature / text-embedding cache (set by the composition root).
     """
 
-    TASK = OPEN_VOCAB_INSTANCE
+    TASK = tasks.OPEN_VOCAB_INSTANCE
+    ROOT_KWARGS = ("class_names", "cache_dir")
 
     def __init__(
         self, *, sam, class_names: list[str] | None = None, clip: dict | None = None, prompt: str = "box",
@@ -219,8 +220,8 @@ class SamClipCropBaseline(SambenchMethod):
             labels, scores = self.classify(regions, self.vocabulary(sample), self.synonym_lists(sample))
             for box, box_score, label, score, mask in zip(boxes.tolist(), box_scores.tolist(), labels.tolist(),
                                                           scores.tolist(), masks.cpu()):
-                detections.append({"bbox": box, "score": box_score * score, "class_id": label, "mask": mask})
-        return Prediction(index=sample.index, meta={"detections": detections})
+                detections.append(Detection(bbox=box, score=box_score * score, class_id=label, mask=mask))
+        return Prediction(index=sample.index, detections=detections)
 
 
 @METHODS.register_module(name="image_crop")

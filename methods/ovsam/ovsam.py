@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
+from sambench import tasks
 from sambench.backbones.clip import ClipBackbone
 from sambench.backbones.interface import EXTRA_OUTPUT_TOKENS, VIT_ENCODER
-from sambench.data.base import IMAGE_DISTILLATION, OPEN_VOCAB_INSTANCE
 from sambench.engine.loop import load_trainable
 from sambench.errors import CheckpointError, ConfigError
 from sambench.method import SambenchMethod
@@ -37,7 +37,7 @@ from .official_checkpoint import export_official_clip2sam, export_official_sam2c
 from .vocabulary import TextEmbeddingBank
 from sambench.prompts import mask_boxes
 from sambench.registry import METHODS
-from sambench.structures import Batch, Prediction, Sample
+from sambench.structures import Batch, Detection, Prediction, Sample
 
 CLIP_BOX_FRAMES = ("input", "original")
 CLIP_ROIS = ("prompt_box", "mask_box")
@@ -75,7 +75,7 @@ class Sam2Clip(SambenchMethod):
             None = the teacher ViT's (ViT-H 16, sam_tiny 2).
     """
 
-    TASK = IMAGE_DISTILLATION
+    TASK = tasks.IMAGE_DISTILLATION
     REQUIRES = frozenset({VIT_ENCODER})
 
     def __init__(self, *, sam, clip: dict | None = None, num_heads: int | None = None, depth: int = 5,
@@ -110,7 +110,8 @@ class Sam2Clip(SambenchMethod):
         predictions = []
         for sample, t, s in zip(batch, teacher, student):
             cosine = F.cosine_similarity(s, t, dim=0).mean()
-            predictions.append(Prediction(index=sample.index, meta={"mse": float(F.mse_loss(s, t)), "cosine": float(cosine)}))
+            predictions.append(Prediction(index=sample.index, embedding_mse=float(F.mse_loss(s, t)),
+                                          embedding_cosine=float(cosine)))
         return predictions
 
 
@@ -149,8 +150,9 @@ class Clip2Sam(SambenchMethod):
             (scipy's exact transform on the original-size mask).
     """
 
-    TASK = OPEN_VOCAB_INSTANCE
+    TASK = tasks.OPEN_VOCAB_INSTANCE
     REQUIRES = frozenset({VIT_ENCODER, EXTRA_OUTPUT_TOKENS})
+    ROOT_KWARGS = ("cache_dir",)
 
     def __init__(
         self, *, sam, clip: dict | None = None, adapter: dict | None = None, sam2clip_checkpoint: str | None = None,
@@ -379,22 +381,24 @@ class Clip2Sam(SambenchMethod):
 
     def _prediction(self, sample, masks, labels, scores, det_scores) -> Prediction:
         if det_scores is None:
-            return Prediction(index=sample.index, masks=masks, class_ids=labels, scores=scores, meta=instance_outputs(sample, labels, scores))
+            return Prediction(index=sample.index, masks=masks, class_ids=labels, scores=scores,
+                              **instance_outputs(sample, labels, scores))
         boxes = self.detections(sample.meta.get("image_id", sample.index))[0].tolist()
-        detections = [{"bbox": b, "score": float(d * s), "class_id": int(c), "mask": m}
+        detections = [Detection(bbox=b, score=float(d * s), class_id=int(c), mask=m)
                       for b, d, s, c, m in zip(boxes, det_scores.tolist(), scores.tolist(), labels.tolist(), masks)]
-        return Prediction(index=sample.index, meta={"detections": detections})
+        return Prediction(index=sample.index, detections=detections)
 
     def _empty_prediction(self, sample: Sample, detections: bool) -> Prediction:
         if detections:
-            return Prediction(index=sample.index, meta={"detections": []})
+            return Prediction(index=sample.index, detections=[])
         return Prediction(index=sample.index, masks=torch.zeros(0, *sample.size, dtype=torch.bool),
                           class_ids=torch.zeros(0, dtype=torch.long), scores=torch.zeros(0))
 
 
 def instance_outputs(sample: Sample, labels: torch.Tensor, scores: torch.Tensor) -> dict:
-    """``save_predictions`` files: one mask per GT instance named ``<image_id>_<ann_id>`` and its
-    predicted label (class id, name, score) for ``predictions/labels.json``."""
+    """``save_predictions`` files (``Prediction.instance_names`` / ``instance_labels``): one mask
+    per GT instance named ``<image_id>_<ann_id>`` and its predicted label (class id, name, score)
+    for ``predictions/labels.json``."""
     image_id, ann_ids = sample.meta.get("image_id", sample.index), sample.meta.get("ann_ids") or range(len(labels))
     names = sample.class_names or []
     return {"instance_names": [f"{image_id}_{ann}" for ann in ann_ids],

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
+from sambench import tasks
 from sambench.backbones.interface import TWO_WAY_TRANSFORMER_FN
-from sambench.data.base import PERSONALIZE
 from sambench.checkpoint import save_atomic
 from sambench.errors import ConfigError
 from sambench.evaluation.instance_iou import mask_iou
@@ -67,7 +67,7 @@ class PerSAM(SambenchMethod):
         instance_overlap: IoU with an earlier mask that stops the repetition.
     """
 
-    TASK = PERSONALIZE
+    TASK = tasks.PERSONALIZE
     REQUIRES = frozenset({TWO_WAY_TRANSFORMER_FN})  # target-guided attention in the two-way transformer
 
     def __init__(
@@ -120,8 +120,7 @@ class PerSAM(SambenchMethod):
         for sample, embedding in zip(batch, embeddings):
             concept = self.adapt(sample)
             masks, fallbacks = self.segment_instances(concept, embedding, sample.size)
-            predictions.append(Prediction(index=sample.index, masks=torch.stack(masks).cpu(),
-                                          meta={"fallbacks": fallbacks}))
+            predictions.append(Prediction(index=sample.index, masks=torch.stack(masks).cpu(), fallbacks=fallbacks))
         return predictions
 
     def segment_instances(self, concept: Concept, embedding: torch.Tensor, size) -> tuple[list[torch.Tensor], int]:
@@ -188,6 +187,8 @@ class PerSAMF(PerSAM):
         weights_dir: a folder of fitted weights (``<concept>.pt``) to reuse instead of fitting.
         run_dir: where fitted weights are saved (``<run>/persam_f_weights/<concept>.pt``).
     """
+
+    ROOT_KWARGS = ("run_dir",)
 
     def __init__(
         self, *, sam, iterations: int = 1000, lr: float = 1e-3, eps: float = 1e-4, weight_decay: float = 0.01,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from sambench.data.base import PROMPTED_INSTANCE
+from sambench import tasks
 from sambench.errors import ConfigError
 from sambench.evaluation.instance_iou import mask_iou
 from sambench.losses import bce_loss, dice_loss
@@ -39,7 +39,7 @@ class SamPrompted(SambenchMethod):
         max_train_instances: prompts per image per training step (largest instances first).
     """
 
-    TASK = PROMPTED_INSTANCE
+    TASK = tasks.PROMPTED_INSTANCE
 
     def __init__(
         self, *, sam, prompt: str = "box", finetune: str = "decoder", multimask_output: bool = False,

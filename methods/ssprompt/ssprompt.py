@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from sambench import tasks
 from sambench.backbones.clip import ClipBackbone
-from sambench.data.base import SEMANTIC_FEW_SHOT
 from sambench.errors import ConfigError
 from sambench.method import SambenchMethod
 from sambench.backbones.clip_context import CoOpContext
@@ -49,7 +49,8 @@ class PromptLearningSegmenter(SambenchMethod):
         cache_dir: CLIP dense-feature cache (set by the composition root, as SAM's).
     """
 
-    TASK = SEMANTIC_FEW_SHOT
+    TASK = tasks.SEMANTIC_FEW_SHOT
+    ROOT_KWARGS = ("class_names", "cache_dir")
     LEARN_SPATIAL = False
     LEARN_SEMANTIC = False
     COOP = False

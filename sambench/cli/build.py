@@ -22,17 +22,14 @@ from sambench.backbones.sam import SamBackbone
 from sambench.cli.config_types import FLAGS, check_flags, check_section, check_trainer
 from sambench import dist
 from sambench.data.base import DEFAULT_MAX_IMAGE_PIXELS, set_max_image_pixels
+from sambench.data.meta import DatasetMeta
 from sambench.errors import ConfigError, DatasetError
 from sambench.files import write_json_atomic, write_text_atomic
-from sambench.registry import DATASETS, EVALUATORS, METHODS, check_pairing, lookup
+from sambench.method import ROOT_KWARG_NAMES
+from sambench.registry import DATASETS, METHODS, check_pairing, lookup
+from sambench.tasks import Task
 
 log = logging.getLogger(__name__)
-#: The evaluator each task is scored with.
-TASK_EVALUATORS = {
-    "prompted_instance": "instance_iou", "personalize": "personalization", "referring": "referring",
-    "semantic_few_shot": "semantic_miou", "open_vocab_instance": "open_vocab",
-    "image_distillation": "embedding_distillation",
-}
 
 
 def plain(node) -> dict:
@@ -70,13 +67,17 @@ def _accepts(cls, name: str) -> bool:
 
 
 def build_method(cfg: DictConfig, sam: SamBackbone, run_dir: Path | None = None, class_names: list[str] | None = None):
-    """The method with its config keys, plus what some constructors ask for: ``run_dir`` (to
-    save artefacts such as PerSAM-F's fitted weights), ``class_names`` (the dataset's vocabulary,
-    e.g. SSPrompt's semantic prompts) and ``cache_dir`` (frozen-feature caches)."""
+    """The method with its config keys, plus the keywords its class declares in ``ROOT_KWARGS``:
+    ``run_dir`` (to save artefacts such as PerSAM-F's fitted weights), ``class_names`` (the
+    dataset's vocabulary from its :class:`~sambench.data.meta.DatasetMeta`, e.g. SSPrompt's
+    semantic prompts) and ``cache_dir`` (frozen-feature caches)."""
     kwargs = plain(cfg.method)
     cls = lookup(METHODS, kwargs.pop("name"))
-    extras = {"run_dir": run_dir, "class_names": class_names, "cache_dir": cfg.cache.dir if cfg.cache.enabled else None}
-    kwargs.update({key: value for key, value in extras.items() if _accepts(cls, key)})
+    supplied = {"run_dir": run_dir, "class_names": class_names, "cache_dir": cfg.cache.dir if cfg.cache.enabled else None}
+    unknown = sorted(set(cls.ROOT_KWARGS) - set(ROOT_KWARG_NAMES))
+    if unknown:
+        raise ConfigError(f"method '{cfg.method.name}' asks for {unknown} (ROOT_KWARGS); the root supplies {list(ROOT_KWARG_NAMES)}")
+    kwargs.update({key: supplied[key] for key in cls.ROOT_KWARGS})
     return cls(sam=sam, **kwargs)
 
 
@@ -102,17 +103,11 @@ def build_dataset(cfg: DictConfig, split: str, run_dir: Path | None = None):
     return dataset
 
 
-def build_evaluator(method, dataset, run_dir: Path | None = None):
-    """The task's evaluator; evaluators with ``from_dataset`` read what they need from the
-    dataset (open-vocabulary: novel flags, category ids, the GT file for AP) and get the run
-    folder for their result files."""
-    name = getattr(method, "EVALUATOR", None) or TASK_EVALUATORS.get(method.TASK)
-    if name is None:
-        raise ConfigError(f"no evaluator for task '{method.TASK}'")
-    cls = lookup(EVALUATORS, name)
-    if hasattr(cls, "from_dataset"):
-        return cls.from_dataset(dataset, output_dir=str(run_dir) if run_dir else None)
-    return cls(class_names=list(getattr(dataset, "class_names", []) or []) or None)
+def build_evaluator(task: Task, meta: DatasetMeta, run_dir: Path | None = None):
+    """The task's evaluator, built from the evaluation dataset's metadata (vocabulary; for
+    open-vocabulary AP also novel flags, category ids, the GT file and its format); evaluators
+    that write result files (``detections.json``) get the run folder."""
+    return task.build_evaluator(meta, output_dir=str(run_dir) if run_dir else None)
 
 
 def write_run_files(cfg: DictConfig, run_dir: Path) -> None:

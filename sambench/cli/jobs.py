@@ -16,9 +16,10 @@ from sambench.cli.build import (
 from sambench.data.loader import eval_loader
 from sambench import dist
 from sambench.checkpoint import load_checkpoint, resolve_checkpoint
-from sambench.engine.evaluate import evaluate, merge_label_files
+from sambench.engine.evaluate import evaluate
 from sambench.engine.loop import Trainer, load_trainable
 from sambench.engine.precision import check_precision, set_strict_fp32
+from sambench.evaluation.prediction_files import merge_label_files
 from sambench.logging import build_run_logger
 from sambench.logging.console import setup_console_logging
 
@@ -46,7 +47,7 @@ def _start(cfg: DictConfig, job: str):
 
 def _method(cfg: DictConfig, run_dir: Path, device, dataset):
     """The method, built after the datasets so it can receive their class names."""
-    class_names = list(getattr(dataset, "class_names", None) or []) or None
+    class_names = list(dataset.dataset_meta.class_names) or None
     return build_method(cfg, build_backbone(cfg), run_dir, class_names).to(device)
 
 
@@ -60,7 +61,7 @@ def train(cfg: DictConfig) -> dict:
     trainer_kwargs.pop("device")
     trainer_kwargs.pop("collective_timeout", None)
     trainer = Trainer(method=method, train_set=train_set, eval_set=eval_set,
-                      evaluator=build_evaluator(method, eval_set, run_dir), run_dir=run_dir, device=device,
+                      evaluator=build_evaluator(method.TASK, eval_set.dataset_meta, run_dir), run_dir=run_dir, device=device,
                       run_logger=run_logger, **trainer_kwargs)
     metrics = trainer.fit()
     _finish(run_dir, metrics, run_logger)
@@ -86,8 +87,8 @@ def evaluate_job(cfg: DictConfig) -> dict:
             shutil.rmtree(partial, ignore_errors=True)  # left by an evaluation that failed
         dist.barrier("the start of the evaluation")
     metrics, overlays = evaluate(
-        method, loader, build_evaluator(method, eval_set, run_dir), device=device, precision=cfg.trainer.precision,
-        predictions_dir=partial if cfg.save_predictions else None,
+        method, loader, build_evaluator(method.TASK, eval_set.dataset_meta, run_dir), device=device,
+        precision=cfg.trainer.precision, writer=method.TASK.writer, predictions_dir=partial if cfg.save_predictions else None,
         overlays_dir=run_dir / "vis" if cfg.save_overlays else None,
         num_overlays=getattr(run_logger, "num_overlays", 0),
     )

@@ -37,24 +37,20 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from sambench.data.meta import DatasetMeta
 from sambench.errors import ConfigError, DatasetError
 from sambench.structures import Sample
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from sambench.tasks import Task
 
-#: Task names. A method declares one ``TASK``; a dataset the ``TASKS`` it can serve.
-PROMPTED_INSTANCE = "prompted_instance"  # GT box/point prompts -> instance masks (mean IoU)
-PERSONALIZE = "personalize"
-OPEN_VOCAB_INSTANCE = "open_vocab_instance"
-SEMANTIC_FEW_SHOT = "semantic_few_shot"
-REFERRING = "referring"
-IMAGE_DISTILLATION = "image_distillation"  # images only: a student learns a teacher's embeddings
+logger = logging.getLogger(__name__)
 
 #: Default pixel limit (``max_image_pixels``): 200 megapixels. The largest camera photos
 #: (200-MP phone sensors, 16320×12240) still load, as do the benchmark images (at most ~12 MP);
@@ -101,11 +97,18 @@ set_max_image_pixels(DEFAULT_MAX_IMAGE_PIXELS)
 class SambenchDataset(Dataset):
     """A map-style dataset returning :class:`~sambench.structures.Sample`.
 
-    Subclasses set ``TASKS`` and ``class_names`` and implement ``__len__``/``__getitem__``.
+    Subclasses set ``TASKS`` (:class:`~sambench.tasks.Task` objects) and ``class_names``, and
+    implement ``__len__``/``__getitem__``; those with more facts for evaluators (novel classes,
+    a ground-truth file, an ignore label) override :attr:`dataset_meta`.
     """
 
-    TASKS: tuple[str, ...] = ()
+    TASKS: tuple[Task, ...] = ()
     class_names: list[str] = []
+
+    @property
+    def dataset_meta(self) -> DatasetMeta:
+        """What the composition root passes to the method and the evaluator."""
+        return DatasetMeta(class_names=tuple(self.class_names))
 
     def __getitem__(self, index: int) -> Sample:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -19,8 +19,10 @@ import logging
 from pathlib import Path
 from typing import Any, Iterable
 
-from sambench.data.base import OPEN_VOCAB_INSTANCE, SambenchDataset
+from sambench import tasks
+from sambench.data.base import SambenchDataset
 from sambench.data.coco_format import bbox_problem, instance_tensors, read_coco_image, segmentation_problem
+from sambench.data.meta import DatasetMeta
 from sambench.errors import ConfigError, DatasetError
 from sambench.structures import Sample
 
@@ -96,8 +98,10 @@ class OpenVocabInstanceDataset(SambenchDataset):
     Subclasses call :meth:`_build` from ``__init__`` and implement :meth:`image_path`.
     """
 
-    TASKS = (OPEN_VOCAB_INSTANCE,)
+    TASKS = (tasks.OPEN_VOCAB_INSTANCE,)
     NAME = "open_vocab"
+    #: the API that scores the ground-truth file (mask AP): "coco" (pycocotools) or "lvis".
+    ANNOTATION_FORMAT = "coco"
 
     def _check_common(self, split: str, max_images: int | None) -> None:
         if split not in ("train", "eval"):
@@ -190,6 +194,14 @@ class OpenVocabInstanceDataset(SambenchDataset):
     def ann_file_path(self) -> str:
         """Absolute path of the ground-truth json."""
         return str(self.ann_path)
+
+    @property
+    def dataset_meta(self) -> DatasetMeta:
+        """Vocabulary, novel flags, category ids and the ground-truth file with its format."""
+        return DatasetMeta(
+            class_names=tuple(self.class_names), novel=tuple(self.novel), annotation_format=self.ANNOTATION_FORMAT,
+            category_ids=tuple(self.category_ids), ann_file=self.ann_file_path,
+        )
 
     def image_path(self, image_info: dict[str, Any]) -> tuple[Path, str]:  # pragma: no cover - abstract
         """(absolute image path, relative name used for ``file_name`` / ``prediction_path``)."""

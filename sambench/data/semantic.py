@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from sambench import tasks
 from sambench.data.base import (
-    SEMANTIC_FEW_SHOT,
     SambenchDataset,
     inside_root,
     read_image,
@@ -41,6 +41,7 @@ from sambench.data.base import (
     walk_files,
 )
 from sambench import dist
+from sambench.data.meta import DatasetMeta
 from sambench.errors import ConfigError, DatasetError
 from sambench.files import write_json_atomic
 from sambench.logging.console import progress
@@ -247,7 +248,7 @@ class SemanticSegmentationDataset(SambenchDataset):
         max_samples: keep only the first N samples (after the few-shot selection); None = all.
     """
 
-    TASKS = (SEMANTIC_FEW_SHOT,)
+    TASKS = (tasks.SEMANTIC_FEW_SHOT,)
     NAME = "semantic"
     ROOT_HINT = "a semantic segmentation dataset folder"
 
@@ -292,6 +293,11 @@ class SemanticSegmentationDataset(SambenchDataset):
         if max_samples is not None:
             entries = entries[:max_samples]
         self.entries: list[SemanticEntry] = entries
+
+    @property
+    def dataset_meta(self) -> DatasetMeta:
+        """The classes and the ignore label (255) of the label maps."""
+        return DatasetMeta(class_names=tuple(self.class_names), ignore_index=IGNORE_INDEX)
 
     # ---- hooks for subclasses
 

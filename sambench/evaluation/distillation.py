@@ -1,7 +1,7 @@
 """Feature distillation: how close the student's image embeddings are to the teacher's.
 
-Per image the method reports (``Prediction.meta``) ``mse`` (mean squared error over the
-256×64×64 embedding) and ``cosine`` (mean over positions of the cosine similarity of the
+Per image the method reports ``Prediction.embedding_mse`` (mean squared error over the
+256×64×64 embedding) and ``Prediction.embedding_cosine`` (mean over positions of the cosine similarity of the
 256-d vectors); the evaluator averages them over the split (records gathered across ranks).
 """
 
@@ -19,7 +19,7 @@ class EmbeddingDistillationEvaluator(SampleRecordEvaluator):
         super().__init__()
 
     def record(self, sample, prediction):
-        return float(prediction.meta["mse"]), float(prediction.meta["cosine"])
+        return float(prediction.embedding_mse), float(prediction.embedding_cosine)
 
     def compute(self) -> dict:
         records = np.asarray(self.gathered(), dtype=np.float64).reshape(-1, 2)

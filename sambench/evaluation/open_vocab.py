@@ -4,8 +4,8 @@ LVIS).
 
 Instance mode (GT boxes or points as prompts): prediction ``i`` answers GT instance ``i``;
 IoU = I / (U + 1e-8) (an empty prediction of an empty GT counts 0), accuracy = predicted class id
-equals the GT class id. Detection mode: a prediction carries ``meta["detections"]`` = list of
-``{"bbox": xyxy, "score": float, "class_id": int, "mask": H×W bool}``; they become COCO results
+equals the GT class id. Detection mode: a prediction carries ``detections`` = a list of
+:class:`~sambench.structures.Detection` (bbox xyxy, score, class id, H×W bool mask); they become COCO results
 (``image_id``, original ``category_id``, ``score``, compressed-RLE ``segmentation``) written to
 ``<output_dir>/detections.json`` and scored against ``ann_file``.
 """
@@ -24,9 +24,11 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from sambench.data.meta import DatasetMeta
 from sambench.evaluation.base import SampleRecordEvaluator
 from sambench.files import write_json_atomic
 from sambench.registry import EVALUATORS
+from sambench.structures import Detection
 
 logger = logging.getLogger(__name__)
 
@@ -133,12 +135,13 @@ class OpenVocabEvaluator(SampleRecordEvaluator):
         self.output_dir = output_dir
 
     @classmethod
-    def from_dataset(cls, dataset, output_dir: str | None = None) -> "OpenVocabEvaluator":
-        """Build from a dataset exposing class_names / novel / category_ids / ann_file_path."""
+    def from_meta(cls, meta: DatasetMeta, output_dir: str | None = None) -> "OpenVocabEvaluator":
+        """Build from a dataset's metadata: novel flags, category ids, the GT file and its
+        annotation format (``"lvis"`` -> the lvis API; ``"coco"`` or None -> pycocotools)."""
         return cls(
-            class_names=list(dataset.class_names), novel=list(getattr(dataset, "novel", []) or []) or None,
-            category_ids=getattr(dataset, "category_ids", None), ann_file=getattr(dataset, "ann_file_path", None),
-            dataset_kind="lvis" if getattr(dataset, "NAME", "") == "lvis" else "coco", output_dir=output_dir,
+            class_names=list(meta.class_names), novel=list(meta.novel or []) or None,
+            category_ids=list(meta.category_ids) if meta.category_ids is not None else None, ann_file=meta.ann_file,
+            dataset_kind=meta.annotation_format or "coco", output_dir=output_dir,
         )
 
     def _category_id(self, class_id: int) -> int:
@@ -164,17 +167,17 @@ class OpenVocabEvaluator(SampleRecordEvaluator):
                 rec["novel"] = self.novel[gt_classes]
             else:
                 rec["novel"] = np.zeros(count, dtype=bool)
-        if "detections" in prediction.meta:
-            rec["detections"] = [self._result_entry(rec["image_id"], det) for det in prediction.meta["detections"]]
+        if prediction.detections is not None:
+            rec["detections"] = [self._result_entry(rec["image_id"], det) for det in prediction.detections]
         return rec
 
-    def _result_entry(self, image_id, det: dict[str, Any]) -> dict[str, Any]:
-        mask = det["mask"]
+    def _result_entry(self, image_id, det: Detection) -> dict[str, Any]:
+        mask = det.mask
         mask = mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
         return {
             "image_id": image_id,
-            "category_id": self._category_id(int(det["class_id"])),
-            "score": float(det["score"]),
+            "category_id": self._category_id(int(det.class_id)),
+            "score": float(det.score),
             "segmentation": encode_mask(mask.astype(bool)),
         }
 

@@ -52,7 +52,7 @@ class PersonalizationEvaluator(SampleRecordEvaluator):
 
     A prediction's N masks are merged into one (N = 0 predicts nothing). ``compute`` also gives
     ``per_object`` ({object: {IoU, bIoU, Acc, images}}), ``num_objects``, ``num_images`` and
-    ``fallbacks`` (the sum of ``prediction.meta["fallbacks"]``, e.g. PerSAM's empty-mask cases).
+    ``fallbacks`` (the sum of ``prediction.fallbacks``, e.g. PerSAM's empty-mask cases).
     """
 
     def __init__(self, class_names: list[str] | None = None):
@@ -71,7 +71,7 @@ class PersonalizationEvaluator(SampleRecordEvaluator):
             "boundary_intersection": int((pred_boundary & gt_boundary).sum()),
             "boundary_union": int((pred_boundary | gt_boundary).sum()),
             "gt": int(gt.sum()),
-            "fallbacks": int(prediction.meta.get("fallbacks", 0)),
+            "fallbacks": int(prediction.fallbacks),
         }
 
     def compute(self) -> dict:

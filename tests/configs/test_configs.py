@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import sambench.cli.launch  # noqa: F401  (registers the run-folder stamp resolver)
-from sambench import CONFIG_DIR
+from sambench import CONFIG_DIR, tasks
 from sambench.cli.build import build_backbone, build_dataset, build_evaluator, build_method, check_config
 from sambench.cli.launch import GROUPS, check_group_choices
 from sambench.testing import semantic_synthetic
@@ -140,9 +141,11 @@ def test_every_valid_method_dataset_pair_instantiates(method, dataset, tmp_path)
         data = build_dataset(cfg, split, tmp_path / "run")
         assert len(data) > 0
         batch = [data[0]]
-    model = build_method(cfg, build_backbone(cfg), class_names=list(getattr(data, "class_names", []) or []) or None)
+    task = lookup(METHODS, method).TASK
+    assert task.missing_fields(batch[0]) == []  # the dataset delivers what the task needs
+    model = build_method(cfg, build_backbone(cfg), class_names=list(data.dataset_meta.class_names) or None)
     assert isinstance(model, SambenchMethod)
-    evaluator = build_evaluator(model, data)
+    evaluator = build_evaluator(model.TASK, data.dataset_meta)
     predictions = model.predict(collate(batch))
     evaluator.process(collate(batch), predictions)
     metrics = evaluator.compute()
@@ -184,7 +187,7 @@ def test_unknown_registry_name():
 
 def test_impossible_pairing_names_the_datasets_that_fit():
     class NoDataYet(SambenchMethod):
-        TASK = "_no_dataset_serves_this"
+        TASK = replace(tasks.PROMPTED_INSTANCE, name="_no_dataset_serves_this")
 
     METHODS.register_module(name="_test_task", module=NoDataYet)
     try:

@@ -123,7 +123,7 @@ def test_official_checkpoint_loads_and_predictions_include_the_logits(refer_root
     sample = DATASETS.get("refcoco")(split="eval", root=str(refer_root))[0]
     logits = np.load(out / "predictions" / f"{sample.meta['sent_id']}.npy")
     assert logits.shape == (512, 512) and logits.dtype == np.float32
-    expected = donor.predict(Batch([sample]))[0].meta["logits"].numpy()
+    expected = donor.predict(Batch([sample]))[0].logits.numpy()
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
     bad = run_tool("tools/eval.py", "method=dit_layerwise", f"dataset.root={refer_root}", f"method.official_checkpoint={path}",
                    *TINY, f"hydra.run.dir={tmp_path / 'bad'}")

@@ -195,7 +195,7 @@ def test_predict_gives_one_labelled_mask_per_instance(coco, prompt):
         assert pred.class_ids.shape == (sample.num_instances,)
         assert 0 <= int(pred.class_ids.min()) and int(pred.class_ids.max()) < 65
         assert ((pred.scores > 0) & (pred.scores <= 1)).all()
-    evaluator = OpenVocabEvaluator.from_dataset(evaluation)
+    evaluator = OpenVocabEvaluator.from_meta(evaluation.dataset_meta)
     evaluator.process(batch, predictions)
     metrics = evaluator.compute()
     assert metrics["num_instances"] == sum(s.num_instances for s in batch) and 0 <= metrics["Acc"] <= 100
@@ -271,10 +271,10 @@ def test_detections_prompts_give_mask_ap(coco, tmp_path):
     model = build("ovsam", prompt="detections", detections=str(file), score_threshold=0.05)
     batch = collate([evaluation[i] for i in range(len(evaluation))])
     predictions = model.predict(batch)
-    assert all(p.masks is None and p.meta["detections"] for p in predictions)
-    det = predictions[0].meta["detections"][0]
-    assert det["mask"].shape == batch[0].size and 0 < det["score"] <= 0.9 and len(det["bbox"]) == 4
-    evaluator = OpenVocabEvaluator.from_dataset(evaluation, output_dir=str(tmp_path / "out"))
+    assert all(p.masks is None and p.detections for p in predictions)
+    det = predictions[0].detections[0]
+    assert det.mask.shape == batch[0].size and 0 < det.score <= 0.9 and len(det.bbox) == 4
+    evaluator = OpenVocabEvaluator.from_meta(evaluation.dataset_meta, output_dir=str(tmp_path / "out"))
     evaluator.process(batch, predictions)
     metrics = evaluator.compute()
     assert metrics["num_detections"] == len(results) - 1 and 0 <= metrics["AP"] <= 100

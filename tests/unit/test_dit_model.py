@@ -218,7 +218,7 @@ def test_prediction_is_one_mask_at_the_original_size():
     predictions = model.predict(batch)
     assert [p.index for p in predictions] == [0, 1]
     assert predictions[0].masks.shape == (1, 64, 96) and predictions[0].masks.dtype == torch.bool
-    assert predictions[0].meta["logits"].shape == (512, 512)
+    assert predictions[0].logits.shape == (512, 512)
 
 
 def test_text_width_differing_from_the_vit_gets_one_extra_projection():

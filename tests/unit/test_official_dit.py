@@ -192,8 +192,8 @@ def test_an_imported_model_predicts_what_the_donor_predicts(tmp_path):
     expected, predicted = donor.predict(batch), model.predict(batch)
     for a, b in zip(expected, predicted):
         assert torch.equal(a.masks, b.masks)
-        torch.testing.assert_close(a.meta["logits"], b.meta["logits"], rtol=0, atol=0)
-    assert (expected[0].meta["logits"] - build(seed=9).eval().predict(batch)[0].meta["logits"]).abs().max() > 1e-3
+        torch.testing.assert_close(a.logits, b.logits, rtol=0, atol=0)
+    assert (expected[0].logits - build(seed=9).eval().predict(batch)[0].logits).abs().max() > 1e-3
 
 
 def test_the_method_builds_bert_base_for_a_file_and_needs_a_tokenizer():

@@ -9,13 +9,13 @@ import pytest
 import torch
 from sambench.testing import SHARED_DATA, needs_shared
 
-from sambench.data.base import OPEN_VOCAB_INSTANCE
+from sambench.tasks import OPEN_VOCAB_INSTANCE
 from sambench.testing.lvis_synthetic import RARE_IDS, write_synthetic_lvis
 from sambench.data.open_vocab import COCO_BASE_IDS, COCO_NOVEL_IDS, synonyms
 from sambench.errors import ConfigError
 from sambench.evaluation.open_vocab import OpenVocabEvaluator, apply_numpy_float_shim
 from sambench.registry import DATASETS, EVALUATORS, load_plugins
-from sambench.structures import Batch, Prediction, Sample
+from sambench.structures import Batch, Detection, Prediction, Sample
 
 load_plugins()
 COCO_TINY = SHARED_DATA / "coco_tiny"
@@ -193,7 +193,7 @@ def _detections(sample, rng, num_classes):
             label = cls if rng.random() < 0.8 else int(rng.integers(num_classes))
             ys, xs = np.nonzero(shifted)
             box = [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)] if len(xs) else [0, 0, 1, 1]
-            dets.append({"bbox": box, "score": float(rng.random()), "class_id": label, "mask": torch.from_numpy(shifted)})
+            dets.append(Detection(bbox=box, score=float(rng.random()), class_id=label, mask=torch.from_numpy(shifted)))
     return dets
 
 
@@ -202,7 +202,7 @@ def _run_detection_eval(dataset, evaluator, seed=0):
     for index in range(len(dataset)):
         sample = dataset[index]
         dets = _detections(sample, rng, len(dataset.class_names))
-        evaluator.process(Batch([sample]), [Prediction(index=index, masks=sample.masks, class_ids=sample.class_ids, meta={"detections": dets})])
+        evaluator.process(Batch([sample]), [Prediction(index=index, masks=sample.masks, class_ids=sample.class_ids, detections=dets)])
     return evaluator.compute()
 
 
@@ -212,7 +212,7 @@ def test_coco_ap_matches_pycocotools(tmp_path):
     from pycocotools.cocoeval import COCOeval
 
     dataset = DATASETS.get("coco_ov")(split="eval", root=str(COCO_TINY), max_images=6)
-    evaluator = OpenVocabEvaluator.from_dataset(dataset, output_dir=str(tmp_path / "out"))
+    evaluator = OpenVocabEvaluator.from_meta(dataset.dataset_meta, output_dir=str(tmp_path / "out"))
     result = _run_detection_eval(dataset, evaluator)
     assert result["IoU"] == pytest.approx(100.0) and result["Acc"] == pytest.approx(100.0)
     det_file = tmp_path / "out" / "detections.json"
@@ -235,7 +235,7 @@ def test_lvis_ap_matches_lvis_eval(lvis_root, tmp_path):
     from lvis import LVIS, LVISEval, LVISResults
 
     dataset = DATASETS.get("lvis")(split="eval", root=str(lvis_root))
-    evaluator = OpenVocabEvaluator.from_dataset(dataset, output_dir=str(tmp_path / "out"))
+    evaluator = OpenVocabEvaluator.from_meta(dataset.dataset_meta, output_dir=str(tmp_path / "out"))
     assert evaluator.dataset_kind == "lvis"
     result = _run_detection_eval(dataset, evaluator, seed=1)
     second = evaluator.compute()  # a fresh GT object each time: same numbers
@@ -257,14 +257,10 @@ def test_the_composition_root_builds_the_open_vocab_evaluator_from_the_dataset(t
     """build_evaluator picks the task's evaluator and gives it the dataset's novel flags, category
     ids and GT file (for AP), and the run folder for detections.json."""
     from sambench.cli.build import build_evaluator
-    from sambench.method import SambenchMethod
-
-    class OpenVocabMethod(SambenchMethod):
-        TASK = OPEN_VOCAB_INSTANCE
 
     root = write_synthetic_lvis(tmp_path / "lvis", num_images=4, seed=0)
     dataset = DATASETS.get("lvis")(split="eval", root=str(root))
-    evaluator = build_evaluator(OpenVocabMethod(), dataset, tmp_path / "run")
+    evaluator = build_evaluator(OPEN_VOCAB_INSTANCE, dataset.dataset_meta, tmp_path / "run")
     assert isinstance(evaluator, OpenVocabEvaluator)
     assert evaluator.dataset_kind == "lvis" and evaluator.output_dir == str(tmp_path / "run")
     assert list(evaluator.novel) == list(dataset.novel) and any(dataset.novel)

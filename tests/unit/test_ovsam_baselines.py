@@ -157,7 +157,7 @@ def test_labels_are_vocabulary_classes_and_the_evaluator_scores_them(coco, build
         model.training_step(Batch([coco["train"][0]]))
     batch = Batch([coco["eval"][i] for i in range(len(coco["eval"]))])
     predictions = model.predict(batch)
-    evaluator = OpenVocabEvaluator.from_dataset(coco["eval"])
+    evaluator = OpenVocabEvaluator.from_meta(coco["eval"].dataset_meta)
     evaluator.process(batch, predictions)
     metrics = evaluator.compute()
     for sample, prediction in zip(batch, predictions):
@@ -221,10 +221,10 @@ def test_detections_become_coco_results_with_ap(coco, build, tmp_path):
     batch = Batch([data[i] for i in range(len(data))])
     predictions = model.predict(batch)
     for sample, prediction in zip(batch, predictions):
-        assert prediction.masks is None and len(prediction.meta["detections"]) == sample.num_instances
-        for det in prediction.meta["detections"]:
-            assert det["mask"].shape == sample.size and 0 <= det["class_id"] < 65 and 0 < det["score"] <= 0.9
-    evaluator = OpenVocabEvaluator.from_dataset(data, output_dir=str(tmp_path / "run"))
+        assert prediction.masks is None and len(prediction.detections) == sample.num_instances
+        for det in prediction.detections:
+            assert det.mask.shape == sample.size and 0 <= det.class_id < 65 and 0 < det.score <= 0.9
+    evaluator = OpenVocabEvaluator.from_meta(data.dataset_meta, output_dir=str(tmp_path / "run"))
     evaluator.process(batch, predictions)
     metrics = evaluator.compute()
     assert metrics["num_detections"] == len(results) - 1 and "AP" in metrics and "AP50" in metrics

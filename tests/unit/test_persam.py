@@ -227,7 +227,7 @@ def test_persam_call_sequence(sam, monkeypatch):
     assert first["transformer_fn"].attn_sim.shape == (1, 1, 1, 4096) and first["transformer_fn"].t.shape == (1, 1, 256)
     assert refine1["boxes"] is None and refine1["mask_inputs"].shape == (1, 1, 256, 256) and refine1["multimask_output"]
     assert refine2["multimask_output"] and refine2["mask_inputs"].shape == (1, 1, 256, 256)
-    fell_back = prediction.meta["fallbacks"] == 1
+    fell_back = prediction.fallbacks == 1
     assert fell_back == (refine2["boxes"] is None)
     assert prediction.masks.shape == (1, 60, 80) and prediction.masks.dtype == torch.bool
 
@@ -251,7 +251,7 @@ def test_empty_predicted_mask_falls_back_and_is_counted(sam, monkeypatch):
 
     monkeypatch.setattr(sam, "predict", negative)
     [prediction] = method.predict(Batch([sample()]))
-    assert prediction.meta["fallbacks"] == 1 and not prediction.masks.any()
+    assert prediction.fallbacks == 1 and not prediction.masks.any()
 
 
 def test_few_shot_pools_the_reference_features(sam):

@@ -17,14 +17,14 @@ def rows(height: int, width: int, start: int, stop: int, cols: slice = slice(Non
     return mask
 
 
-def pair(index: int, obj: str, gt: np.ndarray, pred: list[np.ndarray], **meta) -> tuple[Sample, Prediction]:
+def pair(index: int, obj: str, gt: np.ndarray, pred: list[np.ndarray], fallbacks: int = 0) -> tuple[Sample, Prediction]:
     height, width = gt.shape
     sample = Sample(
         index=index, image=np.zeros((height, width, 3), np.uint8), masks=torch.from_numpy(gt[None]),
         meta={"object": obj},
     )
     masks = torch.from_numpy(np.stack(pred)) if pred else torch.zeros(0, height, width, dtype=torch.bool)
-    return sample, Prediction(index=index, masks=masks, meta=meta)
+    return sample, Prediction(index=index, masks=masks, fallbacks=fallbacks)
 
 
 def evaluate(*pairs) -> dict:
@@ -91,7 +91,7 @@ def test_boundary_iou_perfect_and_shifted():
 def test_fallbacks_summed_and_duplicates_dropped():
     first = pair(0, "a", rows(10, 10, 0, 5), [rows(10, 10, 0, 5)], fallbacks=1)
     second = pair(1, "a", rows(10, 10, 0, 5), [rows(10, 10, 0, 5)], fallbacks=2)
-    third = pair(2, "b", rows(10, 10, 0, 5), [rows(10, 10, 0, 5)])  # no "fallbacks" key -> 0
+    third = pair(2, "b", rows(10, 10, 0, 5), [rows(10, 10, 0, 5)])  # fallbacks not set -> 0
     padding = pair(0, "a", rows(10, 10, 0, 5), [np.zeros((10, 10), bool)], fallbacks=5)  # sampler repeat of index 0
     evaluator = PersonalizationEvaluator()
     evaluator.process(Batch([first[0], second[0]]), [first[1], second[1]])

@@ -13,7 +13,7 @@ import torch
 from sambench.testing import REPO, run_tool
 from omegaconf import OmegaConf
 
-from sambench.data.base import REFERRING
+from sambench.tasks import REFERRING
 from sambench.testing.refcoco_synthetic import COLOURS, write_synthetic_refcoco
 from sambench.data.refer_json import export_refs_json, select_refs
 from sambench.errors import ConfigError, DatasetError

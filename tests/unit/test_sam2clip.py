@@ -52,7 +52,7 @@ def test_only_the_adapter_trains_and_the_mse_falls(tmp_path):
     evaluator = EmbeddingDistillationEvaluator()
     evaluator.process(batch, predictions)
     metrics = evaluator.compute()
-    assert metrics["num_images"] == 2 and metrics["mse"] == pytest.approx(np.mean([p.meta["mse"] for p in predictions]))
+    assert metrics["num_images"] == 2 and metrics["mse"] == pytest.approx(np.mean([p.embedding_mse for p in predictions]))
     assert -1 <= metrics["cosine"] <= 1
 
 

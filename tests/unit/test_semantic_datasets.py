@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from sambench.data import semantic
-from sambench.data.base import SEMANTIC_FEW_SHOT
+from sambench.tasks import SEMANTIC_FEW_SHOT
 from sambench.data.semantic import (
     CITYSCAPES_CLASSES,
     LABEL_ID_TO_TRAIN_ID,
