@@ -47,12 +47,12 @@ class AcdcDataset(SemanticSegmentationDataset):
     ``prediction_path`` (``<condition>/<sequence>/<sequence>_frame_NNNNNN``) and ``condition``.
 
     Args:
-        split: "train" (reads ``train_split`` with the few-shot protocol) or "eval" (``eval_split``).
+        split: "train" (reads ``train_split``) or "eval" (``eval_split``).
         root: folder holding ``rgb_anon/`` and ``gt/`` (or the download's prefixed folders).
         conditions: conditions to read (fog, night, rain, snow); a string or a list.
         train_split / eval_split: ACDC split folders (train / val).
-        shots, shots_seed, shots_file, run_dir, max_samples: see
-            :class:`~sambench.data.semantic.SemanticSegmentationDataset`.
+        max_samples: keep only the first N samples; None = all (the few-shot subset is
+            :class:`~sambench.data.few_shot.FewShotSubset`, built by the composition root).
     """
 
     NAME = "acdc"
@@ -70,17 +70,13 @@ class AcdcDataset(SemanticSegmentationDataset):
         conditions: list[str] = CONDITIONS,
         train_split: str = "train",
         eval_split: str = "val",
-        shots: int | None = 16,
-        shots_seed: int = 0,
-        shots_file: str | None = None,
-        run_dir=None,
         max_samples: int | None = None,
     ):
         self.conditions = condition_list(conditions)
         self.class_names = list(CITYSCAPES_CLASSES)
         super().__init__(
-            split=split, root=root, split_name=train_split if split == "train" else eval_split, shots=shots,
-            shots_seed=shots_seed, shots_file=shots_file, run_dir=run_dir, max_samples=max_samples,
+            split=split, root=root, split_name=train_split if split == "train" else eval_split,
+            max_samples=max_samples,
         )
 
     def _folder(self, candidates: tuple[str, ...], what: str) -> str:

@@ -29,11 +29,11 @@ class Bdd100kDataset(SemanticSegmentationDataset):
     and ``prediction_path`` (``<name>``).
 
     Args:
-        split: "train" (reads ``train_split`` with the few-shot protocol) or "eval" (``eval_split``).
+        split: "train" (reads ``train_split``) or "eval" (``eval_split``).
         root: ``bdd100k/`` or the folder that holds it.
         train_split / eval_split: split folders (train / val).
-        shots, shots_seed, shots_file, run_dir, max_samples: see
-            :class:`~sambench.data.semantic.SemanticSegmentationDataset`.
+        max_samples: keep only the first N samples; None = all (the few-shot subset is
+            :class:`~sambench.data.few_shot.FewShotSubset`, built by the composition root).
     """
 
     NAME = "bdd100k"
@@ -48,16 +48,12 @@ class Bdd100kDataset(SemanticSegmentationDataset):
         root: str,
         train_split: str = "train",
         eval_split: str = "val",
-        shots: int | None = 16,
-        shots_seed: int = 0,
-        shots_file: str | None = None,
-        run_dir=None,
         max_samples: int | None = None,
     ):
         self.class_names = list(CITYSCAPES_CLASSES)
         super().__init__(
-            split=split, root=root, split_name=train_split if split == "train" else eval_split, shots=shots,
-            shots_seed=shots_seed, shots_file=shots_file, run_dir=run_dir, max_samples=max_samples,
+            split=split, root=root, split_name=train_split if split == "train" else eval_split,
+            max_samples=max_samples,
         )
 
     def locate_root(self, root: Path) -> Path:

@@ -40,12 +40,12 @@ class CityscapesDataset(SemanticSegmentationDataset):
     ``prediction_path`` (``<city>/<city>_<seq>_<frame>``) and ``city``.
 
     Args:
-        split: "train" (reads ``train_split`` with the few-shot protocol) or "eval" (``eval_split``).
+        split: "train" (reads ``train_split``) or "eval" (``eval_split``).
         root: folder holding ``leftImg8bit/`` and ``gtFine/``.
         label_type: "labelTrainIds" (files hold trainIds) or "labelIds" (converted here).
         train_split / eval_split: Cityscapes split folders (train / val / test).
-        shots, shots_seed, shots_file, run_dir, max_samples: see
-            :class:`~sambench.data.semantic.SemanticSegmentationDataset`.
+        max_samples: keep only the first N samples; None = all (the few-shot subset is
+            :class:`~sambench.data.few_shot.FewShotSubset`, built by the composition root).
     """
 
     NAME = "cityscapes"
@@ -62,18 +62,14 @@ class CityscapesDataset(SemanticSegmentationDataset):
         label_type: str = "labelTrainIds",
         train_split: str = "train",
         eval_split: str = "val",
-        shots: int | None = 16,
-        shots_seed: int = 0,
-        shots_file: str | None = None,
-        run_dir=None,
         max_samples: int | None = None,
     ):
         check_choice(self.NAME, "label_type", label_type, LABEL_TYPES)
         self.label_type = label_type
         self.class_names = list(CITYSCAPES_CLASSES)
         super().__init__(
-            split=split, root=root, split_name=train_split if split == "train" else eval_split, shots=shots,
-            shots_seed=shots_seed, shots_file=shots_file, run_dir=run_dir, max_samples=max_samples,
+            split=split, root=root, split_name=train_split if split == "train" else eval_split,
+            max_samples=max_samples,
         )
 
     def list_entries(self, split_name: str) -> list[SemanticEntry]:

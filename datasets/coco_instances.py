@@ -7,28 +7,22 @@ classes numbered 0..K-1 in sorted COCO category-id order.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from sambench import tasks
 from sambench.data.base import SambenchDataset, inside_root, resolve_root
-from sambench.data.coco_format import contiguous_categories, instance_tensors, load_coco_json, read_coco_image
+from sambench.data.coco_format import (
+    contiguous_categories,
+    infer_image_dir,
+    instance_tensors,
+    load_coco_json,
+    read_coco_image,
+)
 from sambench.errors import ConfigError, DatasetError
 from sambench.registry import DATASETS
 from sambench.structures import Sample
 
 ROOT_HINT = "a folder holding annotations/ and the image folders"
-
-
-def infer_image_dir(ann_file: str, option: str) -> str:
-    """``annotations/instances_val2017.json`` -> ``val2017``; else ask for ``option``."""
-    stem = Path(ann_file).stem
-    if stem.startswith("instances_") and len(stem) > len("instances_"):
-        return stem[len("instances_"):]
-    raise DatasetError(
-        f"cannot infer the image folder from the annotation file name '{ann_file}' "
-        f"(expected instances_<folder>.json); set {option}=<folder under dataset.root>"
-    )
 
 
 @DATASETS.register_module(name="coco_instances")

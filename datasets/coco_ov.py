@@ -17,22 +17,12 @@ from typing import Any
 
 from sambench import tasks
 from sambench.data.base import inside_root, resolve_root
-from sambench.data.coco_format import load_coco_json
+from sambench.data.coco_format import infer_image_dir, load_coco_json
 from sambench.data.open_vocab import COCO_BASE_IDS, COCO_NOVEL_IDS, OpenVocabInstanceDataset
 from sambench.errors import DatasetError
 from sambench.registry import DATASETS
 
 ROOT_HINT = "a folder holding annotations/ and the image folders"
-
-
-def _image_dir(ann_file: str, option: str) -> str:
-    stem = Path(ann_file).stem
-    if stem.startswith("instances_") and len(stem) > len("instances_"):
-        return stem[len("instances_"):]
-    raise DatasetError(
-        f"cannot infer the image folder from the annotation file name '{ann_file}' "
-        f"(expected instances_<folder>.json); set {option}=<folder under dataset.root>"
-    )
 
 
 class _CocoOpenVocab(OpenVocabInstanceDataset):
@@ -64,10 +54,10 @@ class _CocoOpenVocab(OpenVocabInstanceDataset):
         self.root = resolve_root(root, self.NAME, ROOT_HINT)
         if split == "train":
             ann_name, option = train_ann_file, "dataset.train_image_dir"
-            folder = train_image_dir or _image_dir(train_ann_file, option)
+            folder = train_image_dir or infer_image_dir(train_ann_file, option)
         else:
             ann_name, option = ann_file, "dataset.image_dir"
-            folder = image_dir or _image_dir(ann_file, option)
+            folder = image_dir or infer_image_dir(ann_file, option)
         ann_path = inside_root(self.root, ann_name)
         self.image_folder = inside_root(self.root, folder)
         if not self.image_folder.is_dir():

@@ -94,11 +94,11 @@ class MapillaryDataset(SemanticSegmentationDataset):
     Sample ``meta``: ``file_name`` (``<split>/images/<key>.jpg``) and ``prediction_path`` (``<key>``).
 
     Args:
-        split: "train" (reads ``train_split`` with the few-shot protocol) or "eval" (``eval_split``).
+        split: "train" (reads ``train_split``) or "eval" (``eval_split``).
         root: the Vistas folder holding ``training/``, ``validation/`` and the config file.
         train_split / eval_split: split folders (training / validation).
-        shots, shots_seed, shots_file, run_dir, max_samples: see
-            :class:`~sambench.data.semantic.SemanticSegmentationDataset`.
+        max_samples: keep only the first N samples; None = all (the few-shot subset is
+            :class:`~sambench.data.few_shot.FewShotSubset`, built by the composition root).
     """
 
     NAME = "mapillary"
@@ -114,16 +114,12 @@ class MapillaryDataset(SemanticSegmentationDataset):
         root: str,
         train_split: str = "training",
         eval_split: str = "validation",
-        shots: int | None = 16,
-        shots_seed: int = 0,
-        shots_file: str | None = None,
-        run_dir=None,
         max_samples: int | None = None,
     ):
         self.class_names = list(CITYSCAPES_CLASSES)
         super().__init__(
-            split=split, root=root, split_name=train_split if split == "train" else eval_split, shots=shots,
-            shots_seed=shots_seed, shots_file=shots_file, run_dir=run_dir, max_samples=max_samples,
+            split=split, root=root, split_name=train_split if split == "train" else eval_split,
+            max_samples=max_samples,
         )
 
     def prepare(self) -> None:

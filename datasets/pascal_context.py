@@ -42,11 +42,11 @@ class PascalContextDataset(SemanticSegmentationDataset):
     ``prediction_path`` (``<id>``).
 
     Args:
-        split: "train" (reads ``train_split`` with the few-shot protocol) or "eval" (``eval_split``).
+        split: "train" (reads ``train_split``) or "eval" (``eval_split``).
         root: the folder holding ``VOCdevkit/VOC2010``, ``VOCdevkit/`` or ``VOC2010/`` itself.
         train_split / eval_split: split list names under ``ImageSets/SegmentationContext`` (train / val).
-        shots, shots_seed, shots_file, run_dir, max_samples: see
-            :class:`~sambench.data.semantic.SemanticSegmentationDataset`.
+        max_samples: keep only the first N samples; None = all (the few-shot subset is
+            :class:`~sambench.data.few_shot.FewShotSubset`, built by the composition root).
     """
 
     NAME = "pascal_context"
@@ -62,16 +62,12 @@ class PascalContextDataset(SemanticSegmentationDataset):
         root: str,
         train_split: str = "train",
         eval_split: str = "val",
-        shots: int | None = 16,
-        shots_seed: int = 0,
-        shots_file: str | None = None,
-        run_dir=None,
         max_samples: int | None = None,
     ):
         self.class_names = list(PASCAL_CONTEXT_59_CLASSES)
         super().__init__(
-            split=split, root=root, split_name=train_split if split == "train" else eval_split, shots=shots,
-            shots_seed=shots_seed, shots_file=shots_file, run_dir=run_dir, max_samples=max_samples,
+            split=split, root=root, split_name=train_split if split == "train" else eval_split,
+            max_samples=max_samples,
         )
 
     def locate_root(self, root: Path) -> Path:

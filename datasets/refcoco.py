@@ -22,7 +22,7 @@ from sambench.data.base import SambenchDataset, inside_root, resolve_root
 from sambench.data.coco_format import contiguous_categories, instance_tensors, load_coco_json, read_coco_image
 from sambench.data.refer_json import REFER_SPLITS, load_refs, refs_file, select_refs
 from sambench.errors import ConfigError, DatasetError
-from sambench.registry import DATASETS, closest
+from sambench.registry import DATASETS, closest, register_preset
 from sambench.structures import Sample
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,8 @@ DOWNLOAD = (
 ROOT_HINT = "the refer data root holding <dataset>/instances.json, <dataset>/refs(<split_by>).p and images/"
 REFS_FORMATS = ("auto", "pickle", "json")
 TEXT_FIELDS = ("sent", "raw")
+#: The registered name of each refer folder (``refcocop``, ``refcocog``: presets of ``refcoco``).
+REGISTRY_NAMES = {"refcoco": "refcoco", "refcoco+": "refcocop", "refcocog": "refcocog"}
 
 
 def _suggest(value: str, valid: tuple[str, ...]) -> str:
@@ -60,8 +62,9 @@ class RefCocoDataset(SambenchDataset):
     Args:
         split: "train" (reads ``train_split``) or "eval" (reads ``eval_split``).
         root: the refer data root (see the module docstring for the layout).
-        dataset: folder under ``root``; None = the class default (refcoco / refcoco+ / refcocog).
-        split_by: refs flavour, ``refs(<split_by>).p``; None = the class default.
+        dataset: folder under ``root`` (refcoco / refcoco+ / refcocog; the presets ``refcocop``
+            and ``refcocog`` change the default and ``split_by``'s).
+        split_by: refs flavour, ``refs(<split_by>).p``.
         train_split / eval_split: refer split names (valid ones depend on dataset/split_by).
         image_dir: COCO train2014 folder, relative to ``root``.
         refs_format: "auto" (``refs(<split_by>).json`` if present, else the pickle), "pickle"
@@ -71,8 +74,6 @@ class RefCocoDataset(SambenchDataset):
     """
 
     TASKS = (tasks.REFERRING,)
-    DATASET = "refcoco"
-    SPLIT_BY = "unc"
     NAME = "refcoco"
 
     def __init__(
@@ -80,8 +81,8 @@ class RefCocoDataset(SambenchDataset):
         *,
         split: str,
         root: str,
-        dataset: str | None = None,
-        split_by: str | None = None,
+        dataset: str = "refcoco",
+        split_by: str = "unc",
         train_split: str = "train",
         eval_split: str = "val",
         image_dir: str = "images/mscoco/images/train2014",
@@ -89,10 +90,11 @@ class RefCocoDataset(SambenchDataset):
         text_field: str = "sent",
         max_samples: int | None = None,
     ):
+        self.NAME = REGISTRY_NAMES.get(dataset, self.NAME)  # the name in messages
         if split not in ("train", "eval"):
             raise ConfigError(f"dataset '{self.NAME}': split must be 'train' or 'eval', got '{split}'")
-        self.dataset = dataset or self.DATASET
-        self.split_by = split_by or self.SPLIT_BY
+        self.dataset = dataset
+        self.split_by = split_by
         valid = REFER_SPLITS.get((self.dataset, self.split_by))
         if valid is None:
             combos = ", ".join(f"{d}/{s}" for d, s in REFER_SPLITS)
@@ -221,19 +223,7 @@ class RefCocoDataset(SambenchDataset):
         )
 
 
-@DATASETS.register_module(name="refcocop")
-class RefCocoPlusDataset(RefCocoDataset):
-    """RefCOCO+ (folder ``refcoco+``, unc splits train/val/testA/testB; no location words)."""
-
-    DATASET = "refcoco+"
-    SPLIT_BY = "unc"
-    NAME = "refcocop"
-
-
-@DATASETS.register_module(name="refcocog")
-class RefCocoGDataset(RefCocoDataset):
-    """RefCOCOg (folder ``refcocog``, umd splits train/val/test; longer expressions)."""
-
-    DATASET = "refcocog"
-    SPLIT_BY = "umd"
-    NAME = "refcocog"
+register_preset(DATASETS, "refcocop", RefCocoDataset, defaults=dict(dataset="refcoco+", split_by="unc"),
+                doc="RefCOCO+ (folder ``refcoco+``, unc splits train/val/testA/testB; no location words).")
+register_preset(DATASETS, "refcocog", RefCocoDataset, defaults=dict(dataset="refcocog", split_by="umd"),
+                doc="RefCOCOg (folder ``refcocog``, umd splits train/val/test; longer expressions).")

@@ -9,12 +9,16 @@ top-level ``datasets`` package is never installed or put on ``sys.path`` (Huggin
 Each registered method class declares ``TASK`` and each dataset class declares ``TASKS`` (a tuple),
 :class:`sambench.tasks.Task` objects; a method can run on a dataset only if its task is among the
 dataset's.
+
+A variant that differs from a class only in constructor arguments is a :class:`Preset`
+registered under its own name (``refcocog``, ``dit_layerwise``, ``spaprompt``...), not a subclass.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import pkgutil
 from pathlib import Path
 
@@ -36,6 +40,52 @@ def plugin_names(folder: Path) -> list[str]:
     modules = [f.stem for f in folder.glob("*.py") if f.stem != "__init__"]
     packages = [d.name for d in folder.iterdir() if (d / "__init__.py").is_file()]
     return sorted(modules + packages)
+
+
+class Preset:
+    """A named variant of a class: other constructor defaults (as ``functools.partial``) and/or
+    arguments it fixes (removed from its signature; passing one is a ConfigError).
+
+    Calling it builds ``cls(**{**defaults, **kwargs, **fixed})``; attribute reads (``TASK``,
+    ``TASKS``, ``NAME``...) go to ``cls``; ``inspect.signature`` gives the variant's arguments
+    (what ``check_section`` and the composition root read).
+    """
+
+    def __init__(self, cls: type, *, defaults: dict | None = None, fixed: dict | None = None, doc: str | None = None):
+        self.cls, self.defaults, self.fixed = cls, dict(defaults or {}), dict(fixed or {})
+        parameters = inspect.signature(cls).parameters
+        unknown = sorted((set(self.defaults) | set(self.fixed)) - set(parameters))
+        if unknown:
+            raise TypeError(f"preset of {cls.__name__}: {', '.join(unknown)} not constructor arguments")
+        self.__doc__ = doc or cls.__doc__
+        self.__signature__ = inspect.Signature([
+            p.replace(default=self.defaults.get(name, p.default)) for name, p in parameters.items()
+            if name not in self.fixed
+        ])
+
+    def __call__(self, **kwargs):
+        clash = sorted(set(kwargs) & set(self.fixed))
+        if clash:
+            fixed = ", ".join(f"{key}={self.fixed[key]!r}" for key in clash)
+            raise ConfigError(f"{fixed} is what this preset of {self.cls.__name__} is (pick another name instead)")
+        return self.cls(**{**self.defaults, **kwargs, **self.fixed})
+
+    def __getattr__(self, name: str):
+        if "cls" not in self.__dict__:  # while unpickling
+            raise AttributeError(name)
+        return getattr(self.cls, name)
+
+    def __repr__(self) -> str:
+        arguments = {**self.defaults, **self.fixed}
+        return f"Preset({self.cls.__name__}, {', '.join(f'{k}={v!r}' for k, v in arguments.items())})"
+
+
+def register_preset(registry: Registry, name: str, cls: type, *, defaults: dict | None = None,
+                    fixed: dict | None = None, doc: str | None = None) -> Preset:
+    """Register ``Preset(cls, ...)`` under ``name`` and return it."""
+    preset = Preset(cls, defaults=defaults, fixed=fixed, doc=doc)
+    registry.register_module(name=name, module=preset)
+    return preset
 
 
 def load_plugins(root: Path = REPO_ROOT) -> None:
@@ -60,8 +110,8 @@ def closest(name: str, choices) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
-def lookup(registry: Registry, name: str) -> type:
-    """Get a registered class by name or raise a ConfigError listing the valid names."""
+def lookup(registry: Registry, name: str) -> type | Preset:
+    """Get a registered class (or :class:`Preset`) by name or raise a ConfigError listing the valid names."""
     load_plugins()
     cls = registry.get(name) if name in registry.module_dict else None
     if cls is None:

@@ -31,7 +31,7 @@ from .injection import ATTENTION, TextInjection
 from .preprocess import ReferringPreprocessor, unletterbox
 from sambench.method import SambenchMethod
 from .official_checkpoint import export_official_dit, import_official_dit
-from sambench.registry import METHODS
+from sambench.registry import METHODS, register_preset
 from sambench.structures import Batch, Prediction
 
 INJECTIONS = ("none", "e2e", "layerwise")
@@ -157,25 +157,12 @@ def _global_block(index, block, image):
     return joint_block(block, None, image)[1]
 
 
-@METHODS.register_module(name="dit_layerwise")
-class LayerwiseDIT(TextInstructedSam):
-    """L-DIT: the original text features re-projected into every ViT block."""
-
-    INJECTION = "layerwise"
-
-
-@METHODS.register_module(name="dit_e2e")
-class EndToEndDIT(TextInstructedSam):
-    """E-DIT: text tokens projected in before block 0 and carried through the blocks."""
-
-    INJECTION = "e2e"
-
-
-@METHODS.register_module(name="sam_text")
-class SamTextPrompts(TextInstructedSam):
-    """Default SAM with text: BERT tokens only as sparse prompts to SAM's own decoder."""
-
-    INJECTION = "none"
+register_preset(METHODS, "dit_layerwise", TextInstructedSam, defaults=dict(injection="layerwise"),
+                doc="L-DIT: the original text features re-projected into every ViT block.")
+register_preset(METHODS, "dit_e2e", TextInstructedSam, defaults=dict(injection="e2e"),
+                doc="E-DIT: text tokens projected in before block 0 and carried through the blocks.")
+register_preset(METHODS, "sam_text", TextInstructedSam, defaults=dict(injection="none"),
+                doc="Default SAM with text: BERT tokens only as sparse prompts to SAM's own decoder.")
 
 
 @METHODS.register_module(name="sam_text_declayers")

@@ -36,7 +36,7 @@ from .stage_weights import load_exactly, read_stage_file, with_prefix
 from .official_checkpoint import export_official_clip2sam, export_official_sam2clip, load_official_clip2sam, load_official_sam2clip
 from .vocabulary import TextEmbeddingBank
 from sambench.prompts import mask_boxes
-from sambench.registry import METHODS
+from sambench.registry import METHODS, register_preset
 from sambench.structures import Batch, Detection, Prediction, Sample
 
 CLIP_BOX_FRAMES = ("input", "original")
@@ -406,8 +406,8 @@ def instance_outputs(sample: Sample, labels: torch.Tensor, scores: torch.Tensor)
                                  "score": float(s)} for c, s in zip(labels.tolist(), scores.tolist())]}
 
 
-@METHODS.register_module(name="ovsam")
-class OpenVocabSam(Clip2Sam):
-    """Open-Vocabulary SAM inference with both stages (the same model as ``clip2sam``; its
-    config asks for both stages' weights: ``method.sam2clip_checkpoint`` and
-    ``method.clip2sam_checkpoint``)."""
+register_preset(
+    METHODS, "ovsam", Clip2Sam,
+    doc="Open-Vocabulary SAM inference with both stages (the same model as ``clip2sam``; its config asks for both "
+        "stages' weights: ``method.sam2clip_checkpoint`` and ``method.clip2sam_checkpoint``).",
+)

@@ -28,7 +28,7 @@ from .defaults import semantic_defaults, spatial_defaults
 from .frames import labels_to_low_res, low_res_to_image
 from .fusion import PromptFusion
 from .mask_classifier import class_probabilities, pooled_mask_features, semantic_loss, semantic_scores
-from sambench.registry import METHODS
+from sambench.registry import METHODS, register_preset
 from sambench.structures import Batch, Prediction, Sample
 
 IGNORE = 255
@@ -47,18 +47,18 @@ class PromptLearningSegmenter(SambenchMethod):
         flip: probability of the horizontal flip in training.
         num_context: CoOp's context length.
         cache_dir: CLIP dense-feature cache (set by the composition root, as SAM's).
+        learn_spatial / learn_semantic / coop: which prompts learn (CoOp: context vectors through
+            the text encoder); fixed by each registered preset below.
     """
 
     TASK = tasks.SEMANTIC_FEW_SHOT
     ROOT_KWARGS = ("class_names", "cache_dir")
-    LEARN_SPATIAL = False
-    LEARN_SEMANTIC = False
-    COOP = False
 
     def __init__(
         self, *, sam, class_names: list[str] | None = None, clip: dict | None = None, fusion: str = "weighted",
         grid: int = 10, grid_aspect: float = 2.0, template: str = "a photo of a {}.", flip: float = 0.5,
-        num_context: int = 16, cache_dir: str | None = None,
+        num_context: int = 16, cache_dir: str | None = None, learn_spatial: bool = False,
+        learn_semantic: bool = False, coop: bool = False,
     ):
         super().__init__()
         if not class_names:
@@ -69,10 +69,10 @@ class PromptLearningSegmenter(SambenchMethod):
         self.sam.set_trainable()
         self.clip = ClipBackbone(**{"cache_dir": cache_dir, **(clip or {})})
         self.spatial = PromptFusion(spatial_defaults(sam, grid, grid_aspect),
-                                    fusion if self.LEARN_SPATIAL else "default")
+                                    fusion if learn_spatial else "default")
         self.semantic = PromptFusion(semantic_defaults(self.clip, self.class_names, template),
-                                     fusion if self.LEARN_SEMANTIC else "default")
-        self.coop = CoOpContext(self.clip, self.class_names, num_context) if self.COOP else None
+                                     fusion if learn_semantic else "default")
+        self.coop = CoOpContext(self.clip, self.class_names, num_context) if coop else None
 
     # ----- forward ----------------------------------------------------------------------------
     def class_embeddings(self) -> torch.Tensor:
@@ -122,35 +122,18 @@ class PromptLearningSegmenter(SambenchMethod):
         return predictions
 
 
-@METHODS.register_module(name="ssprompt")
-class SSPrompt(PromptLearningSegmenter):
-    """Spatial and semantic prompts learnt (SpaPrompt + SemPrompt)."""
-
-    LEARN_SPATIAL = LEARN_SEMANTIC = True
+def _learns(spatial: bool = False, semantic: bool = False, coop: bool = False) -> dict:
+    return dict(learn_spatial=spatial, learn_semantic=semantic, coop=coop)
 
 
-@METHODS.register_module(name="spaprompt")
-class SpaPrompt(PromptLearningSegmenter):
-    """Spatial prompts learnt; semantic prompts are the default class-name embeddings."""
-
-    LEARN_SPATIAL = True
-
-
-@METHODS.register_module(name="semprompt")
-class SemPrompt(PromptLearningSegmenter):
-    """Semantic prompts learnt; spatial prompts are the default grid."""
-
-    LEARN_SEMANTIC = True
-
-
-@METHODS.register_module(name="zero_shot_prompts")
-class ZeroShotPrompts(PromptLearningSegmenter):
-    """The default prompts, nothing trained (the paper's zero-shot row)."""
-
-
-@METHODS.register_module(name="coop")
-class CoOpPrompts(PromptLearningSegmenter):
-    """CoOp: learnable context vectors before each class name, through CLIP's text encoder at
-    every step; default spatial prompts."""
-
-    COOP = True
+register_preset(METHODS, "ssprompt", PromptLearningSegmenter, fixed=_learns(spatial=True, semantic=True),
+                doc="Spatial and semantic prompts learnt (SpaPrompt + SemPrompt).")
+register_preset(METHODS, "spaprompt", PromptLearningSegmenter, fixed=_learns(spatial=True),
+                doc="Spatial prompts learnt; semantic prompts are the default class-name embeddings.")
+register_preset(METHODS, "semprompt", PromptLearningSegmenter, fixed=_learns(semantic=True),
+                doc="Semantic prompts learnt; spatial prompts are the default grid.")
+register_preset(METHODS, "zero_shot_prompts", PromptLearningSegmenter, fixed=_learns(),
+                doc="The default prompts, nothing trained (the paper's zero-shot row).")
+register_preset(METHODS, "coop", PromptLearningSegmenter, fixed=_learns(coop=True),
+                doc="CoOp: learnable context vectors before each class name, through CLIP's text encoder at every step; "
+                    "default spatial prompts.")

@@ -22,6 +22,7 @@ from sambench.backbones.sam import SamBackbone
 from sambench.cli.config_types import FLAGS, check_flags, check_section, check_trainer
 from sambench import dist
 from sambench.data.base import DEFAULT_MAX_IMAGE_PIXELS, set_max_image_pixels
+from sambench.data.few_shot import FewShotSubset
 from sambench.data.meta import DatasetMeta
 from sambench.errors import ConfigError, DatasetError
 from sambench.files import write_json_atomic, write_text_atomic
@@ -45,9 +46,28 @@ def check_config(cfg: DictConfig) -> None:
     check_flags({key: cfg.get(key) for key in FLAGS if key in cfg})
     check_trainer(plain(cfg.trainer))
     check_section("method", method, plain(cfg.method), ignore=("name",))
-    check_section("dataset", dataset, plain(cfg.dataset), ignore=("name",))
+    check_section("dataset", dataset, plain(cfg.dataset), ignore=("name", "few_shot"))
+    check_few_shot(cfg.dataset.name, dataset, plain(cfg.dataset).get("few_shot"))
     check_section("backbone", SamBackbone, plain(cfg.backbone))
     check_capabilities(cfg.method.name, method, cfg.backbone.name, SamBackbone)
+
+
+FEW_SHOT_KEYS = ("shots", "seed", "file")
+
+
+def check_few_shot(name: str, dataset, few_shot) -> None:
+    """``dataset.few_shot``: null or a mapping of :data:`FEW_SHOT_KEYS`, on a dataset that has
+    the protocol's presence index."""
+    if few_shot is None:
+        return
+    if not isinstance(few_shot, dict):
+        raise ConfigError(f"dataset.few_shot={few_shot!r}: expected a mapping ({', '.join(FEW_SHOT_KEYS)}) or null")
+    for key in few_shot:
+        if key not in FEW_SHOT_KEYS:
+            raise ConfigError(f"unknown key dataset.few_shot.{key}; valid: {', '.join(FEW_SHOT_KEYS)}")
+    check_section("dataset.few_shot", FewShotSubset, few_shot)
+    if not hasattr(dataset, "class_presence"):
+        raise ConfigError(f"dataset '{name}' has no few-shot protocol (drop dataset.few_shot)")
 
 
 def seed_everything(seed: int) -> None:
@@ -83,19 +103,28 @@ def build_method(cfg: DictConfig, sam: SamBackbone, run_dir: Path | None = None,
 
 def build_dataset(cfg: DictConfig, split: str, run_dir: Path | None = None):
     """``split`` is ``train`` or ``eval``; the top-level ``split=<name>`` picks the named
-    evaluation split of datasets that have them (RefCOCO: val/testA/testB/test). Datasets whose
-    constructor takes ``run_dir`` get it (few-shot selections are saved there)."""
+    evaluation split of datasets that have them (RefCOCO: val/testA/testB/test). With
+    ``dataset.few_shot`` (shots or file set), the training split is wrapped in a
+    :class:`FewShotSubset` (``max_samples`` then applies to the selection) and rank 0 saves the
+    selection in ``run_dir``."""
     kwargs = plain(cfg.dataset)
     name = kwargs.pop("name")
+    few_shot = kwargs.pop("few_shot", None) if split == "train" else None
+    if not few_shot or (few_shot.get("shots") is None and not few_shot.get("file")):
+        few_shot = None
+    max_samples = kwargs.pop("max_samples", None) if few_shot else None
     cls = lookup(DATASETS, name)
     if split == "eval" and cfg.get("split"):
         if not _accepts(cls, "eval_split"):
             raise ConfigError(f"split={cfg.split}: dataset '{name}' has no named evaluation splits (drop split=)")
         kwargs["eval_split"] = cfg.split
-    if _accepts(cls, "run_dir"):
-        kwargs["run_dir"] = run_dir
     set_max_image_pixels(cfg.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
+    kwargs.pop("few_shot", None)  # evaluation: the whole split
     dataset = cls(split=split, **kwargs)
+    if few_shot:
+        dataset = FewShotSubset(dataset, **few_shot, max_samples=max_samples)
+        if run_dir is not None and dist.is_main():
+            dataset.write(run_dir)
     if len(dataset) == 0:  # a safety net: adapters say which file and why where they can
         where = getattr(dataset, "ann_path", None) or getattr(dataset, "root", None) or kwargs.get("root")
         purpose = "train on" if split == "train" else "evaluate"

@@ -15,6 +15,7 @@ import typing
 from pathlib import Path
 
 from sambench.errors import ConfigError
+from sambench.registry import Preset
 
 _NOT_ARGUMENTS = {"self", "sam", "run_dir", "class_names", "cache_dir", "split", "method", "train_set", "eval_set",
                   "evaluator", "device", "run_logger", "hooks"}
@@ -82,7 +83,11 @@ def matches(value, hint) -> bool:
 
 def signature_hints(cls) -> tuple[dict[str, object], bool]:
     """Keyword parameters of ``cls``'s constructor (following ``**kwargs`` up the MRO) with their
-    type hints, and whether unknown keys are accepted (a ``**kwargs`` nobody names)."""
+    type hints, and whether unknown keys are accepted (a ``**kwargs`` nobody names). A
+    :class:`~sambench.registry.Preset` has its class's, less the arguments it fixes."""
+    if isinstance(cls, Preset):
+        hints, open_ended = signature_hints(cls.cls)
+        return {k: v for k, v in hints.items() if k not in cls.fixed}, open_ended
     hints: dict[str, object] = {}
     for klass in getattr(cls, "__mro__", [cls]):
         init = klass.__init__ if isinstance(klass, type) else klass

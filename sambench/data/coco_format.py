@@ -448,3 +448,15 @@ def instance_tensors(
     boxes = xywh_to_xyxy(np.array([ann["bbox"] for ann in anns], dtype=np.float32))
     class_ids = np.array([category_index[ann["category_id"]] for ann in anns], dtype=np.int64)
     return {"masks": torch.from_numpy(masks), "boxes": torch.from_numpy(boxes), "class_ids": torch.from_numpy(class_ids)}
+
+
+def infer_image_dir(ann_file: str, option: str) -> str:
+    """The image folder a COCO annotation file names: ``annotations/instances_val2017.json`` ->
+    ``val2017``; any other name raises a DatasetError asking for ``option`` (the config key)."""
+    stem = Path(ann_file).stem
+    if stem.startswith("instances_") and len(stem) > len("instances_"):
+        return stem[len("instances_"):]
+    raise DatasetError(
+        f"cannot infer the image folder from the annotation file name '{ann_file}' "
+        f"(expected instances_<folder>.json); set {option}=<folder under dataset.root>"
+    )

@@ -1,4 +1,4 @@
-"""Shared pieces of the semantic segmentation adapters and the few-shot protocol (SSPrompt).
+"""Shared pieces of the semantic segmentation adapters.
 
 Label maps are returned as H×W int64 tensors with classes ``0..C-1`` and ``255`` = ignore.
 Each adapter lists ``(image, label, prediction_path, meta)`` entries for a split and converts
@@ -6,13 +6,11 @@ the raw label PNG into that form (Cityscapes labelId -> trainId look-up, ADE20K 
 ``reduce_zero_label``, Mapillary name mapping, or nothing when the files already hold
 trainIds).
 
-Few-shot protocol (``shots=K`` on the training split): for every class, in a seeded random
-class order, images containing the class are drawn at random until K selected images contain it
-(an image counts for every class it holds; a class found in fewer than K images gets all of
-them). Which classes an image holds needs every training label map read once: that *presence
-index* is cached as JSON under ``$SAMBENCH_CACHE_DIR/semantic_index/`` (default
-``~/.cache/sambench``). The selected file list is saved as ``<run_dir>/few_shot_selection.json``
-and ``shots_file=<that file>`` reloads exactly that list.
+An adapter builds the whole split; the few-shot protocol (SSPrompt) is a wrapper the composition
+root puts around the training split (:class:`~sambench.data.few_shot.FewShotSubset`). The draw
+needs which classes each image holds, so every training label map is read once: that *presence
+index* (:meth:`SemanticSegmentationDataset.class_presence`) is cached as JSON under
+``$SAMBENCH_CACHE_DIR/semantic_index/`` (default ``~/.cache/sambench``).
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +48,6 @@ from sambench.structures import Sample
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = 255
-SELECTION_FILE = "few_shot_selection.json"
 #: Version of the presence-index file format (a change makes old cache files recompute).
 INDEX_VERSION = 1
 #: Threads reading label maps while the presence index is built (PNG decoding releases the GIL).
@@ -97,40 +93,7 @@ def reduce_zero_label(labels: np.ndarray) -> np.ndarray:
     return apply_lut(labels, REDUCE_ZERO_LUT)
 
 
-# --------------------------------------------------------------------------- few-shot protocol
-
-
-def few_shot_selection(presence: list[set[int]], num_classes: int, shots: int, seed: int) -> list[int]:
-    """Indices (sorted) of a K-shot subset: every class ends up in at least ``min(K, n_c)``
-    selected images, where ``n_c`` is the number of images holding it.
-
-    Classes are visited in a random order drawn from ``seed``; for each one, images holding it
-    that are not yet selected are drawn at random until K selected images hold the class. An
-    image counts for every class it holds. Values outside ``0..num_classes-1`` are ignored.
-    """
-    if shots < 1:
-        raise ValueError(f"shots must be >= 1, got {shots}")
-    rng = random.Random(seed)
-    order = list(range(num_classes))
-    rng.shuffle(order)
-    holders: list[list[int]] = [[] for _ in range(num_classes)]
-    for index, classes in enumerate(presence):
-        for c in classes:
-            if 0 <= c < num_classes:
-                holders[c].append(index)
-    selected: set[int] = set()
-    counts = [0] * num_classes
-    for c in order:
-        candidates = [i for i in holders[c] if i not in selected]
-        rng.shuffle(candidates)
-        for index in candidates:
-            if counts[c] >= shots:
-                break
-            selected.add(index)
-            for k in presence[index]:
-                if 0 <= k < num_classes:
-                    counts[k] += 1
-    return sorted(selected)
+# --------------------------------------------------------------------------- presence index
 
 
 def index_cache_dir() -> Path:
@@ -237,15 +200,15 @@ class SemanticSegmentationDataset(SambenchDataset):
     (H×W int64, 255 = ignore), ``class_names`` and ``meta`` with ``file_name`` (the image path
     relative to the root), ``prediction_path`` (relative stem) and the adapter's extra keys.
 
+    The whole split is listed; the few-shot subset of training is
+    :class:`~sambench.data.few_shot.FewShotSubset` around it (it reads :meth:`class_presence`
+    and :meth:`file_name`).
+
     Args:
-        split: "train" (reads ``split_name`` with the few-shot protocol) or "eval".
+        split: "train" (reads ``split_name``) or "eval".
         root: the dataset folder (see the adapter for its layout).
         split_name: the dataset's own split folder/list name (``train``, ``val``, ``training``...).
-        shots: K images per class on the training split; None = the whole split.
-        shots_seed: seed of the few-shot draw.
-        shots_file: a saved ``few_shot_selection.json`` to reuse instead of drawing.
-        run_dir: run folder where rank 0 saves the selection (None = not saved).
-        max_samples: keep only the first N samples (after the few-shot selection); None = all.
+        max_samples: keep only the first N samples; None = all.
     """
 
     TASKS = (tasks.SEMANTIC_FEW_SHOT,)
@@ -258,16 +221,10 @@ class SemanticSegmentationDataset(SambenchDataset):
         split: str,
         root: str,
         split_name: str,
-        shots: int | None = 16,
-        shots_seed: int = 0,
-        shots_file: str | None = None,
-        run_dir: str | os.PathLike | None = None,
         max_samples: int | None = None,
     ):
         if split not in ("train", "eval"):
             raise ConfigError(f"dataset '{self.NAME}': split must be 'train' or 'eval', got '{split}'")
-        _check_int(self.NAME, "shots", shots, 1, allow_none=True)
-        _check_int(self.NAME, "shots_seed", shots_seed, None, allow_none=False)
         _check_int(self.NAME, "max_samples", max_samples, 1, allow_none=True)
         if not isinstance(split_name, str) or not split_name:
             raise ConfigError(f"dataset '{self.NAME}': the split name must be a non-empty string, got {split_name!r}")
@@ -282,14 +239,10 @@ class SemanticSegmentationDataset(SambenchDataset):
                 f"dataset '{self.NAME}': split '{split_name}' under {self.root} has no images ({self.ROOT_HINT})"
             )
         self.split_size = len(entries)
-        self.selection: dict[str, Any] | None = None
-        if split == "train" and (shots_file or shots is not None):
-            entries = self._few_shot(entries, shots, shots_seed, shots_file, run_dir)
-        else:
-            logger.info(
-                "%s %s (%s split): %d images, %d classes", self.NAME, split_name, split, len(entries),
-                len(self.class_names),
-            )
+        logger.info(
+            "%s %s (%s split): %d images, %d classes", self.NAME, split_name, split, len(entries),
+            len(self.class_names),
+        )
         if max_samples is not None:
             entries = entries[:max_samples]
         self.entries: list[SemanticEntry] = entries
@@ -349,8 +302,13 @@ class SemanticSegmentationDataset(SambenchDataset):
     def relative(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
 
-    def class_presence(self, entries: list[SemanticEntry]) -> list[set[int]]:
-        """Classes held by each entry's label map, read once and cached (see the module docstring)."""
+    def file_name(self, index: int) -> str:
+        """Sample ``index``'s image path relative to the root (``meta["file_name"]``)."""
+        return self.relative(self.entries[index].image)
+
+    def class_presence(self) -> list[set[int]]:
+        """Classes held by each sample's label map, read once and cached (see the module docstring)."""
+        entries = self.entries
         labels = [self.relative(e.label) for e in entries]
         key = hashlib.sha1()
         head = [str(self.root), self.split_name, self.label_signature(), len(self.class_names)]
@@ -404,77 +362,6 @@ class SemanticSegmentationDataset(SambenchDataset):
             return None
         logger.info("%s %s: class presence read from the cache %s", self.NAME, self.split_name, cache_file)
         return [set(p) for p in presence]
-
-    # ---- few-shot selection
-
-    def _few_shot(
-        self, entries: list[SemanticEntry], shots: int | None, seed: int, shots_file: str | None, run_dir
-    ) -> list[SemanticEntry]:
-        covered = present = None
-        if shots_file:
-            source: str | None = str(Path(shots_file).expanduser())
-            indices, shots, seed = self._load_selection(Path(source), entries)
-        else:
-            source = None
-            presence = self.class_presence(entries)
-            indices = few_shot_selection(presence, len(self.class_names), shots, seed)
-            if not indices:
-                raise DatasetError(
-                    f"dataset '{self.NAME}': no label map of split '{self.split_name}' under {self.root} holds any of "
-                    f"the {len(self.class_names)} classes (all {len(entries)} are ignore-only), so the {shots}-shot "
-                    f"selection is empty; is it the right label file type?"
-                )
-            covered = len(set().union(*(presence[i] for i in indices)))
-            present = len(set().union(*presence))
-        selected = [entries[i] for i in indices]
-        self.selection = {
-            "dataset": self.NAME, "split": self.split_name, "root": str(self.root), "shots": shots, "seed": seed,
-            "images_in_split": len(entries), "num_selected": len(selected), "num_classes": len(self.class_names),
-            "classes_covered": covered, "classes_in_split": present, "source": source,
-            "files": [self.relative(e.image) for e in selected],
-        }
-        if source:
-            logger.info(
-                "%s %s: %d of %d images from the saved selection %s", self.NAME, self.split_name, len(selected),
-                len(entries), source,
-            )
-        else:
-            logger.info(
-                "%s %s: %d-shot selection (seed %d): %d of %d images, classes covered %d/%d (%d appear in the split)",
-                self.NAME, self.split_name, shots, seed, len(selected), len(entries), covered,
-                len(self.class_names), present,
-            )
-        if run_dir is not None and dist.is_main():
-            folder = Path(run_dir)
-            folder.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(folder / SELECTION_FILE, self.selection)
-        return selected
-
-    def _load_selection(self, path: Path, entries: list[SemanticEntry]) -> tuple[list[int], Any, Any]:
-        """Entry indices of a saved selection file (with its shots and seed)."""
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DatasetError(
-                f"shots_file not found: {path} (expected a {SELECTION_FILE} saved by an earlier run)"
-            ) from None
-        except (OSError, ValueError, RecursionError) as exc:
-            raise DatasetError(
-                f"cannot read shots_file {path} ({exc}); expected a {SELECTION_FILE} saved by an earlier run"
-            ) from None
-        files = data.get("files") if isinstance(data, dict) else None
-        if not isinstance(files, list) or not files or not all(isinstance(f, str) for f in files):
-            raise DatasetError(f"shots_file {path} has no 'files' list of image paths (expected a {SELECTION_FILE})")
-        position = {self.relative(e.image): i for i, e in enumerate(entries)}
-        indices = set()
-        for name in files:
-            if name not in position:
-                raise DatasetError(
-                    f"shots_file {path} lists '{name}', which is not in the {self.NAME} '{self.split_name}' split "
-                    f"under {self.root} (was the selection made on another dataset, split or copy?)"
-                )
-            indices.add(position[name])
-        return sorted(indices), data.get("shots"), data.get("seed")
 
     # ---- samples
 

@@ -53,7 +53,7 @@ def data_overrides(dataset: str, tmp_path: Path) -> list[str]:
             Image.fromarray(np.full((32, 48, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
         return [f"dataset.root={folder}", "dataset.eval_images=1"]
     if dataset in SEMANTIC:
-        return [f"dataset.root={SEMANTIC[dataset](tmp_path / dataset)}", "dataset.shots=1"]
+        return [f"dataset.root={SEMANTIC[dataset](tmp_path / dataset)}", "dataset.few_shot.shots=1"]
     if dataset in REFER:
         folder, split_by = REFER[dataset]
         write_synthetic_refcoco(tmp_path / "refer", num_images=8, dataset=folder, split_by=split_by)

@@ -25,7 +25,7 @@ def cityscapes(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ssprompt_run(cityscapes, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("ssprompt") / "run"
-    result = run_tool("tools/train.py", "method=ssprompt", f"dataset.root={cityscapes}", "dataset.shots=1",
+    result = run_tool("tools/train.py", "method=ssprompt", f"dataset.root={cityscapes}", "dataset.few_shot.shots=1",
                       "trainer.max_steps=2", *FAST, f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
@@ -35,8 +35,8 @@ def test_training_saves_the_few_shot_selection_and_it_can_be_reused(ssprompt_run
     selection = json.loads((ssprompt_run / "few_shot_selection.json").read_text())
     assert selection["shots"] == 1 and 1 <= len(selection["files"]) <= 4
     again = tmp_path / "again"
-    result = run_tool("tools/train.py", "method=ssprompt", f"dataset.root={cityscapes}", "dataset.shots=3",
-                      f"dataset.shots_file={ssprompt_run / 'few_shot_selection.json'}", "trainer.max_steps=1", *FAST,
+    result = run_tool("tools/train.py", "method=ssprompt", f"dataset.root={cityscapes}", "dataset.few_shot.shots=3",
+                      f"dataset.few_shot.file={ssprompt_run / 'few_shot_selection.json'}", "trainer.max_steps=1", *FAST,
                       f"hydra.run.dir={again}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((again / "few_shot_selection.json").read_text())["files"] == selection["files"]

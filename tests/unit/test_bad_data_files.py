@@ -27,6 +27,7 @@ from sambench.data.coco_format import (
     load_coco_json,
     segmentation_problem,
 )
+from sambench.data.few_shot import FewShotSubset
 from sambench.data.refer_json import load_refs
 from sambench.testing.semantic_synthetic import write_synthetic_cityscapes
 from sambench.errors import ConfigError, DatasetError
@@ -589,7 +590,7 @@ def test_all_ignore_labels_make_an_empty_few_shot_selection_an_error(tmp_path, m
         Image.fromarray(np.full((16, 32), 255, np.uint8)).save(label)
     monkeypatch.setenv("SAMBENCH_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(DatasetError, match="holds any of the 19 classes .*selection is empty"):
-        Cityscapes(split="train", root=str(root), shots=1)
+        FewShotSubset(Cityscapes(split="train", root=str(root)), shots=1)
 
 
 def test_pascal_context_non_utf8_split_list(tmp_path):

@@ -146,3 +146,22 @@ def test_symlinked_image_folder_inside_the_root_is_followed(tmp_path):
     assert Coco(**kwargs)[0].num_instances == 1
     with pytest.raises(DatasetError, match="escapes the dataset root"):
         inside_root(Path(kwargs["root"]).resolve(), "/etc/passwd")
+
+
+def test_one_image_folder_inference_for_coco_instances_and_coco_ov(tmp_path):
+    from sambench.data.coco_format import infer_image_dir
+
+    assert infer_image_dir("annotations/instances_val2017.json", "dataset.image_dir") == "val2017"
+    assert infer_image_dir("instances_train2014.json", "dataset.train_image_dir") == "train2014"
+    for name in ("annotations/captions_val2017.json", "annotations/instances_.json"):
+        with pytest.raises(DatasetError, match=r"instances_<folder>.json\); set dataset.image_dir=<folder"):
+            infer_image_dir(name, "dataset.image_dir")
+    kwargs = write_coco(tmp_path / "c", [SQUARE])
+    renamed = tmp_path / "c" / "annotations" / "val.json"
+    (tmp_path / "c" / kwargs["ann_file"]).rename(renamed)
+    for name in ("coco_instances", "coco_ov"):  # both adapters infer the folder with it
+        with pytest.raises(DatasetError, match=r"'annotations/val.json' .*set dataset.image_dir="):
+            DATASETS.get(name)(split="eval", root=kwargs["root"], ann_file="annotations/val.json")
+        with pytest.raises(DatasetError, match=r"set dataset.train_image_dir="):
+            DATASETS.get(name)(split="train", root=kwargs["root"], ann_file="annotations/val.json",
+                              train_ann_file="annotations/train.json")

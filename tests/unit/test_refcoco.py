@@ -260,7 +260,8 @@ def test_registry_names_and_defaults(tmp_path):
     for name, folder, split_by in [("refcoco", "refcoco", "unc"), ("refcocop", "refcoco+", "unc"),
                                    ("refcocog", "refcocog", "umd")]:
         cls = DATASETS.get(name)
-        assert cls.TASKS == (REFERRING,) and (cls.DATASET, cls.SPLIT_BY) == (folder, split_by)
+        defaults = inspect.signature(cls).parameters
+        assert cls.TASKS == (REFERRING,) and (defaults["dataset"].default, defaults["split_by"].default) == (folder, split_by)
         root = write_synthetic_refcoco(tmp_path / name, num_images=8, dataset=folder, split_by=split_by)
         for split in ("train", "eval"):
             data = cls(split=split, root=str(root))
@@ -275,7 +276,7 @@ def test_configs_list_every_constructor_argument():
         cfg = OmegaConf.load(REPO / "conf" / "dataset" / f"{name}.yaml")
         assert cfg.name == name and cfg.dataset == folder
         assert set(cfg) - {"name"} == arguments
-        assert (cfg.split_by, cfg.eval_split) == (DATASETS.get(name).SPLIT_BY, "val")
+        assert (cfg.split_by, cfg.eval_split) == (inspect.signature(DATASETS.get(name)).parameters["split_by"].default, "val")
 
 
 def test_synthetic_dataset_is_deterministic_and_covers_every_split(tmp_path):

@@ -12,20 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from sambench.testing import REPO, SHARED_DATA, needs_shared
 from omegaconf import OmegaConf
 from PIL import Image
 
+from sambench import CONFIG_DIR
+from sambench.cli import build
 from sambench.data import semantic
 from sambench.tasks import SEMANTIC_FEW_SHOT
-from sambench.data.semantic import (
-    CITYSCAPES_CLASSES,
-    LABEL_ID_TO_TRAIN_ID,
-    SELECTION_FILE,
-    apply_lut,
-    few_shot_selection,
-    reduce_zero_label,
-)
+from sambench.data.few_shot import SELECTION_FILE, FewShotSubset, few_shot_selection
+from sambench.data.semantic import CITYSCAPES_CLASSES, LABEL_ID_TO_TRAIN_ID, apply_lut, reduce_zero_label
 from sambench.testing.semantic_synthetic import (
     MAPILLARY_V12_NAMES,
     write_synthetic_acdc,
@@ -56,6 +53,11 @@ ADE_SHARED = SHARED_DATA / "ade20k"
 
 def read_png(path: Path) -> np.ndarray:
     return np.array(Image.open(path))
+
+
+def composed_dataset(name: str, root: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=[f"dataset={name}", f"dataset.root={root}", *overrides])
 
 
 @pytest.fixture()
@@ -153,7 +155,7 @@ def test_few_shot_selection_ignores_values_outside_the_classes():
 
 
 def test_cityscapes_reads_both_label_types_pixel_exactly(cityscapes_root, cache_dir):
-    train = Cityscapes(split="train", root=str(cityscapes_root), shots=None)
+    train = Cityscapes(split="train", root=str(cityscapes_root))
     val = Cityscapes(split="eval", root=str(cityscapes_root))
     assert (len(train), len(val)) == (6, 2) and train.TASKS == (SEMANTIC_FEW_SHOT,)
     by_ids = Cityscapes(split="eval", root=str(cityscapes_root), label_type="labelIds")
@@ -182,7 +184,7 @@ def test_cityscapes_reads_both_label_types_pixel_exactly(cityscapes_root, cache_
 
 def test_cityscapes_labelid_26_becomes_13_anywhere(cityscapes_root):
     """Every generated labelIds file: the adapter's conversion is the spec table, pixel for pixel."""
-    data = Cityscapes(split="train", root=str(cityscapes_root), label_type="labelIds", shots=None)
+    data = Cityscapes(split="train", root=str(cityscapes_root), label_type="labelIds")
     spec = np.full(256, 255, dtype=np.int64)
     for label_id, train_id in SPEC_TRAIN_IDS.items():
         spec[label_id] = train_id
@@ -236,7 +238,7 @@ def test_ade20k_reduces_zero_label_and_accepts_both_roots(tmp_path, cache_dir):
         assert ((sample.semantic.numpy() == 0) == (raw == 1)).all()  # ADE 1 (wall) -> class 0
     assert saw_zero and saw_one
     assert parent[0].meta["file_name"] == "images/validation/ADE_val_00000001.jpg"
-    assert Ade20k(split="train", root=str(root), shots=None).split_name == "training"
+    assert Ade20k(split="train", root=str(root)).split_name == "training"
 
 
 def test_ade20k_reads_class_names_from_object_info(tmp_path):
@@ -276,7 +278,7 @@ def test_acdc_condition_filter_meta_and_layouts(tmp_path, cache_dir):
     root = write_synthetic_acdc(tmp_path / "acdc", train_images=2, val_images=1)
     every = Acdc(split="eval", root=str(root))
     assert [every[i].meta["condition"] for i in range(len(every))] == ["fog", "night", "rain", "snow"]
-    night = Acdc(split="train", root=str(root), conditions=["night"], shots=None)
+    night = Acdc(split="train", root=str(root), conditions=["night"])
     assert len(night) == 2
     for i in range(len(night)):
         sample = night[i]
@@ -317,7 +319,7 @@ def test_bdd100k_keeps_train_ids_and_accepts_both_roots(tmp_path, cache_dir):
         raw = read_png(a.entries[i].label)
         assert np.array_equal(sample.semantic.numpy(), raw.astype(np.int64)) and (raw == 255).any()
         assert sample.meta["file_name"] == f"images/10k/val/{sample.meta['prediction_path']}.jpg"
-    assert len(Bdd100k(split="train", root=str(parent), shots=None)) == 3
+    assert len(Bdd100k(split="train", root=str(parent))) == 3
 
 
 def test_bdd100k_value_outside_the_classes_is_an_error(tmp_path):
@@ -348,7 +350,7 @@ EXPECTED_VISTAS = {
 
 def test_mapillary_maps_v12_names_to_cityscapes(tmp_path, cache_dir):
     root = write_synthetic_mapillary(tmp_path / "vistas", train_images=8, val_images=2)
-    data = Mapillary(split="train", root=str(root), shots=None)
+    data = Mapillary(split="train", root=str(root))
     assert data.class_names == CITYSCAPES_CLASSES and len(data.vistas_names) == 66
     with Image.open(data.entries[0].label) as png:
         assert png.mode == "P"
@@ -408,23 +410,24 @@ def test_pascal_context_split_lists_and_reduce_zero_label(tmp_path, cache_dir):
 def test_few_shot_selection_is_saved_and_reloaded(cityscapes_big, cache_dir, tmp_path):
     root = str(cityscapes_big)
     run = tmp_path / "run"
-    data = Cityscapes(split="train", root=root, shots=2, shots_seed=0, run_dir=run)
-    again = Cityscapes(split="train", root=root, shots=2, shots_seed=0)
-    other = Cityscapes(split="train", root=root, shots=2, shots_seed=1)
+    data = FewShotSubset(Cityscapes(split="train", root=root), shots=2, seed=0)
+    data.write(run)
+    again = FewShotSubset(Cityscapes(split="train", root=root), shots=2, seed=0)
+    other = FewShotSubset(Cityscapes(split="train", root=root), shots=2, seed=1)
     files = [s.meta["file_name"] for s in (data[i] for i in range(len(data)))]
-    assert files == [again.relative(e.image) for e in again.entries]
-    assert files != [other.relative(e.image) for e in other.entries]
-    assert 0 < len(data) < 30 and data.split_size == 30
+    assert files == [again.file_name(i) for i in again.indices]
+    assert files != [other.file_name(i) for i in other.indices]
+    assert 0 < len(data) < 30 and data.dataset.split_size == 30
     saved = json.loads((run / SELECTION_FILE).read_text())
     assert saved["files"] == files and saved["shots"] == 2 and saved["seed"] == 0 and saved["dataset"] == "cityscapes"
     assert saved["classes_covered"] == 19 and saved["images_in_split"] == 30
     presence = [set(np.unique(data[i].semantic.numpy()).tolist()) - {255} for i in range(len(data))]
     for c in range(19):  # every class is in >= 2 training images of the generated split
         assert sum(c in p for p in presence) >= 2, CITYSCAPES_CLASSES[c]
-    reloaded = Cityscapes(split="train", root=root, shots_file=str(run / SELECTION_FILE), shots=16, shots_seed=5)
-    assert [reloaded.relative(e.image) for e in reloaded.entries] == files
+    reloaded = FewShotSubset(Cityscapes(split="train", root=root), file=str(run / SELECTION_FILE), shots=16, seed=5)
+    assert [reloaded.file_name(i) for i in reloaded.indices] == files
     assert torch.equal(reloaded[1].semantic, data[1].semantic)
-    assert len(Cityscapes(split="eval", root=root, shots=2)) == 2  # shots only apply to training
+    assert len(Cityscapes(split="eval", root=root)) == 2  # the few-shot wrapper only goes around training
 
 
 def test_selection_file_with_an_unknown_image_is_refused(cityscapes_big, cache_dir, tmp_path):
@@ -432,20 +435,24 @@ def test_selection_file_with_an_unknown_image_is_refused(cityscapes_big, cache_d
     bad.write_text(json.dumps({"files": ["leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png",
                                          "leftImg8bit/train/ulm/ulm_000001_000019_leftImg8bit.png"]}))
     with pytest.raises(DatasetError, match=r"ulm_000001_000019_leftImg8bit.png.*not in the cityscapes 'train' split"):
-        Cityscapes(split="train", root=str(cityscapes_big), shots_file=str(bad))
-    with pytest.raises(DatasetError, match="shots_file not found"):
-        Cityscapes(split="train", root=str(cityscapes_big), shots_file=str(tmp_path / "missing.json"))
+        FewShotSubset(Cityscapes(split="train", root=str(cityscapes_big)), file=str(bad))
+    with pytest.raises(DatasetError, match="few_shot.file not found"):
+        FewShotSubset(Cityscapes(split="train", root=str(cityscapes_big)), file=str(tmp_path / "missing.json"))
 
 
 def test_selection_is_written_on_the_main_rank_only(cityscapes_root, cache_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(semantic.dist, "is_main", lambda: False)
-    data = Cityscapes(split="train", root=str(cityscapes_root), shots=1, run_dir=tmp_path / "run")
+    cfg = composed_dataset("cityscapes", cityscapes_root, "dataset.few_shot.shots=1")
+    monkeypatch.setattr(build.dist, "is_main", lambda: False)
+    data = build.build_dataset(cfg, "train", tmp_path / "run")
     assert len(data) > 0 and not (tmp_path / "run" / SELECTION_FILE).exists()
+    monkeypatch.setattr(build.dist, "is_main", lambda: True)
+    assert len(build.build_dataset(cfg, "train", tmp_path / "run")) == len(data)
+    assert (tmp_path / "run" / SELECTION_FILE).is_file()
 
 
 def test_presence_cache_is_reused_and_a_corrupt_one_recomputed(cityscapes_big, cache_dir, monkeypatch):
     root = str(cityscapes_big)
-    first = Cityscapes(split="train", root=root, shots=3)
+    first = FewShotSubset(Cityscapes(split="train", root=root), shots=3)
     cached = list(cache_dir.glob("cityscapes-*.json"))
     assert len(cached) == 1
     original = semantic.read_label_png
@@ -454,20 +461,20 @@ def test_presence_cache_is_reused_and_a_corrupt_one_recomputed(cityscapes_big, c
         raise AssertionError(f"label re-read: {path}")
 
     monkeypatch.setattr(semantic, "read_label_png", refuse)
-    second = Cityscapes(split="train", root=root, shots=3)
-    assert [e.image for e in second.entries] == [e.image for e in first.entries]
+    second = FewShotSubset(Cityscapes(split="train", root=root), shots=3)
+    assert second.indices == first.indices
     cached[0].write_text('{"version": 1, "presence": [[0, 1], ')
     with pytest.raises(AssertionError, match="label re-read"):  # a corrupt cache is not trusted
-        Cityscapes(split="train", root=root, shots=3)
+        FewShotSubset(Cityscapes(split="train", root=root), shots=3)
     reads = []
     monkeypatch.setattr(semantic, "read_label_png", lambda path: reads.append(path) or original(path))
-    third = Cityscapes(split="train", root=root, shots=3)
-    assert len(reads) == 30 and [e.image for e in third.entries] == [e.image for e in first.entries]
+    third = FewShotSubset(Cityscapes(split="train", root=root), shots=3)
+    assert len(reads) == 30 and third.indices == first.indices
     assert len(json.loads(cached[0].read_text())["presence"]) == 30
     monkeypatch.setattr(semantic, "read_label_png", refuse)
-    Cityscapes(split="train", root=root, shots=3)  # rewritten cache is used again
+    FewShotSubset(Cityscapes(split="train", root=root), shots=3)  # rewritten cache is used again
     with pytest.raises(AssertionError, match="label re-read"):  # another label type: another index
-        Cityscapes(split="train", root=root, shots=3, label_type="labelIds")
+        FewShotSubset(Cityscapes(split="train", root=root, label_type="labelIds"), shots=3)
 
 
 # ----------------------------------------------------------------------------- errors and options
@@ -483,11 +490,11 @@ def test_clear_errors(cityscapes_root, tmp_path):
     with pytest.raises(DatasetError, match=r"leftImg8bit/val: scanned it recursively for '\*_leftImg8bit.png'"):
         Cityscapes(split="eval", root=str(empty))
     with pytest.raises(DatasetError, match="image folder not found: .*leftImg8bit/train"):
-        Cityscapes(split="train", root=str(tmp_path / "empty"), shots=None, train_split="train")
+        Cityscapes(split="train", root=str(tmp_path / "empty"), train_split="train")
     with pytest.raises(ConfigError, match="label_type must be one of labelTrainIds, labelIds"):
         Cityscapes(split="eval", root=str(cityscapes_root), label_type="trainIds")
     with pytest.raises(ConfigError, match="shots must be an integer >= 1 or null"):
-        Cityscapes(split="train", root=str(cityscapes_root), shots=0)
+        FewShotSubset(Cityscapes(split="train", root=str(cityscapes_root)), shots=0)
     with pytest.raises(ConfigError, match="split must be 'train' or 'eval'"):
         Cityscapes(split="val", root=str(cityscapes_root))
     with pytest.raises(ConfigError, match="max_samples"):
@@ -512,8 +519,8 @@ def test_missing_label_and_size_mismatch(tmp_path):
 
 
 def test_max_samples_keeps_the_first(cityscapes_root):
-    full = Cityscapes(split="train", root=str(cityscapes_root), shots=None)
-    part = Cityscapes(split="train", root=str(cityscapes_root), shots=None, max_samples=2)
+    full = Cityscapes(split="train", root=str(cityscapes_root))
+    part = Cityscapes(split="train", root=str(cityscapes_root), max_samples=2)
     assert [e.image for e in part.entries] == [e.image for e in full.entries[:2]]
 
 
@@ -527,12 +534,16 @@ def test_config_keys_are_the_constructor_keys(name):
     cls = DATASETS.get(name)
     assert cfg.name == name and SEMANTIC_FEW_SHOT in cls.TASKS
     parameters = inspect.signature(cls).parameters
-    assert set(cfg.keys()) - {"name"} == set(parameters) - {"split", "run_dir"}
+    assert set(cfg.keys()) - {"name", "few_shot"} == set(parameters) - {"split"}
+    wrapper = inspect.signature(FewShotSubset).parameters
+    assert set(cfg.few_shot) == set(wrapper) - {"dataset", "max_samples"} == set(build.FEW_SHOT_KEYS)
+    for key, value in cfg.few_shot.items():
+        assert value == wrapper[key].default, key
     values = OmegaConf.to_container(cfg)
-    for key in set(values) - {"name", "root"}:
+    for key in set(values) - {"name", "root", "few_shot"}:
         default = parameters[key].default
         assert values[key] == (list(default) if isinstance(default, tuple) else default), key
     assert values["root"].startswith("${oc.env:SAMBENCH_DATA,data}/")
     for line in path.read_text().splitlines():
-        if re.match(r"^\w+:", line) and not line.startswith("name:"):
+        if re.match(r"^\s*\w+:", line) and not line.startswith("name:"):
             assert "#" in line, f"uncommented key in {path.name}: {line}"
