@@ -16,6 +16,9 @@ Why this shape fits the next backbones without any method changing:
   SAM2CLIP adapter then fail at compose time with a clear message instead of at run time).
 - HQ-SAM: its early and final ViT features are another ``levels`` entry and its HQ token one
   more output token inside ``decode``; masks, IoU and the extension points keep their shapes.
+- Open point: ``embed_images`` (the cached path most methods use) still returns the embedding
+  tensor; for those backbones it should return ``ImageFeatures`` (methods hand it to ``predict``
+  unchanged; PerSAM / SSPrompt / SAM2CLIP would read ``.embedding``).
 - Positional encodings (``image_pe``), the no-mask dense embedding, prompt encoding and pre/post-
   processing are asked for by grid size and coordinates, never by reaching into submodules.
 """
