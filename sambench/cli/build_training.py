@@ -91,7 +91,7 @@ def build_trainer(
     max_steps: int | None = None, max_epochs: int | None = 1, batch_size: int = 2, num_workers: int = 0,
     precision: str = "fp32", accumulate: int = 1, grad_clip: float | None = None, seed: int = 0,
     find_unused_parameters: bool = False, optim: dict | None = None, schedule: dict | None = None,
-    eval: dict | None = None, checkpoint: dict | None = None, ema: dict | None = None,  # noqa: A002
+    eval: dict | None = None, checkpoint: dict | None = None, ema: dict | None = None,
     hooks: list | None = None,
 ) -> Trainer:
     """The trainer for ``method`` on ``train_set``, evaluated on ``eval_set`` (None: never).

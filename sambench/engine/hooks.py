@@ -1,7 +1,8 @@
 """Hooks: what happens around the optimizer steps. Each owns its behaviour and its state.
 
-The trainer calls every hook in list order at ``before_run``, after every optimizer step
-(``after_step``) and at ``after_run``. A hook with a ``state_key`` has its
+The trainer calls every hook in list order after every optimizer step (``after_step``) and at
+``after_run``; at ``before_run`` hooks with ``restores_state`` (the checkpoint hook, which
+resumes the run there) come first, so every other hook starts from the resumed state. A hook with a ``state_key`` has its
 ``state_dict()`` saved under that top-level key of the checkpoint and given back through
 ``load_state_dict`` on resume (the :class:`CheckpointHook` collects them). The usual order:
 ``EMAHook`` first (the averages follow the step), logging, evaluation, extra hooks, and
@@ -39,6 +40,8 @@ class Hook:
 
     #: checkpoint key of this hook's state; None: the hook keeps no state across a resume
     state_key: str | None = None
+    #: True: ``before_run`` before the other hooks' (it restores the run's state)
+    restores_state: bool = False
 
     def before_run(self, trainer) -> None: ...
 
@@ -59,14 +62,12 @@ class LossLoggingHook(Hook):
     def __init__(self, *, run_logger, every: int = 10, global_batch_size: int = 1):
         self.run_logger, self.every, self.global_batch_size = run_logger, max(1, every), global_batch_size
         self.started = time.perf_counter()
-        self.last_step: int | None = None
+        self.last_step = 0
 
     def before_run(self, trainer) -> None:
-        self.started, self.last_step = time.perf_counter(), None
+        self.started, self.last_step = time.perf_counter(), trainer.step
 
     def after_step(self, trainer, losses) -> None:
-        if self.last_step is None:  # the step the run started from (after a resume, whatever the hook order)
-            self.last_step = trainer.step - 1
         if trainer.step % self.every and trainer.step != trainer.max_steps:
             return
         elapsed = time.perf_counter() - self.started
@@ -144,6 +145,8 @@ class CheckpointHook(Hook):
     ``ema`` (None without an EMA hook), ``rng``, ``meta``, plus the state of every other hook
     with a ``state_key``. Only trainable parameters are stored, never the frozen backbone.
     """
+
+    restores_state = True
 
     def __init__(self, *, run_dir: Path, every: int | None = None, resume: str | None = "auto"):
         self.run_dir, self.every, self.resume = Path(run_dir), every, resume

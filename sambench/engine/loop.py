@@ -32,7 +32,9 @@ class Trainer:
     batch it returns ``{name: scalar loss}``. ``train_batches(epoch=, skip_batches=)``: an
     iterator over that epoch's batches without its first ``skip_batches`` (the same shuffle
     whether an epoch starts fresh or at a resume). ``steps_per_epoch``: optimizer steps per
-    epoch. ``precision``: fp32 | bf16 | fp16 (fp16 with a grad scaler).
+    epoch. ``precision``: fp32 | bf16 | fp16 (fp16 with a grad scaler). ``hooks`` are called in
+    list order, except that ``before_run`` goes first to hooks that restore state
+    (:mod:`sambench.engine.hooks`).
 
     Run state the hooks read and write: ``step`` (optimizer steps done), ``metrics`` (the last
     evaluation's), ``params`` (the method's trainable parameters by name), ``scaler``.
@@ -56,7 +58,7 @@ class Trainer:
     def fit(self) -> dict:
         """Train from ``step`` (a checkpoint hook may resume it first) to ``max_steps``; return
         ``metrics`` (what the evaluation hook last put there)."""
-        for hook in self.hooks:
+        for hook in sorted(self.hooks, key=lambda h: not h.restores_state):  # a resume first
             hook.before_run(self)
         if self.max_steps == 0:
             log.info("nothing to train (no trainable parameters or max_steps=0): evaluating only")

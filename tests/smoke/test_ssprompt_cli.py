@@ -12,7 +12,7 @@ from PIL import Image
 
 from sambench.data.semantic_synthetic import write_synthetic_acdc, write_synthetic_cityscapes
 
-FAST = ["method.grid=2", "trainer.device=cpu", "trainer.batch_size=2", "trainer.eval_batch_size=2"]
+FAST = ["method.grid=2", "trainer.device=cpu", "trainer.batch_size=2", "trainer.eval.batch_size=2"]
 
 
 @pytest.fixture(scope="module")
