@@ -79,11 +79,18 @@ def build_evaluation_hook(
 
 def extra_hooks(hooks: list) -> list[Hook]:
     """Hooks given by code (instances) or by config (``{_target_: module.Class, ...}``)."""
-    built = [h if isinstance(h, Hook) else instantiate(h) for h in hooks]
+    built = [h if isinstance(h, Hook) else _instantiate(h) for h in hooks]
     wrong = [type(h).__name__ for h in built if not isinstance(h, Hook)]
     if wrong:
         raise ConfigError(f"trainer.hooks: {', '.join(wrong)} is not a sambench.engine.hooks.Hook")
     return built
+
+
+def _instantiate(spec):
+    try:
+        return instantiate(spec)
+    except Exception as exc:  # Hydra wraps import and constructor errors alike
+        raise ConfigError(f"trainer.hooks: cannot build {spec}: {str(exc).splitlines()[0]}") from None
 
 
 def build_trainer(

@@ -84,6 +84,8 @@ def test_a_hook_added_by_config_is_built_and_called(tmp_path):
 def test_hooks_that_are_not_hooks_or_take_reserved_keys_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="is not a sambench.engine.hooks.Hook"):
         make_trainer(tmp_path / "a", tmp_path / "cache", hooks=[{"_target_": "collections.OrderedDict"}])
+    with pytest.raises(ConfigError, match="trainer.hooks: cannot build .*no_such_module"):
+        make_trainer(tmp_path / "a", tmp_path / "cache", hooks=[{"_target_": "no_such_module.Hook"}])
 
     class Clash(Hook):
         state_key = "optimizer"
