@@ -94,3 +94,17 @@ def resolve_checkpoint(ckpt: str | None, run_dir: Path) -> Path | None:
             raise CheckpointError(f"no checkpoint in run folder {path} (expected {candidate})")
         return candidate
     return path
+
+
+def load_trainable(params: dict[str, torch.nn.Parameter], saved: dict[str, torch.Tensor], path: Path) -> None:
+    """Copy saved trainable tensors into ``params``; names and shapes must match exactly."""
+    missing, unexpected = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
+    wrong = sorted(n for n in set(params) & set(saved) if params[n].shape != saved[n].shape)
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this method: missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}, other shapes {wrong[:3]} (same method and options as when it was trained?)"
+        )
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(saved[name])

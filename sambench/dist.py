@@ -59,27 +59,39 @@ def launched_by_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def init_distributed(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> torch.device:
-    """Initialise the process group under torchrun (nccl on GPU, gloo on CPU); return the device.
-
-    ``device``: ``auto`` (CUDA when available, else CPU), ``cuda`` (refused without CUDA) or
-    ``cpu``. ``timeout_s``: how long a collective waits for the other ranks before failing.
-    """
+def backend_and_device(device: str = "auto") -> tuple[str, torch.device]:
+    """The process-group backend and this rank's device for the setting ``device``: ``auto``
+    (CUDA when available, else CPU), ``cuda`` (refused without CUDA) or ``cpu``. CUDA gives
+    ``("nccl", cuda:<LOCAL_RANK>)``, the CPU ``("gloo", cpu)``."""
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.device=cuda but CUDA is not available (torch.cuda.is_available() is false: no GPU, "
                           "no driver or a CPU build of torch); use trainer.device=auto or cpu")
-    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available() and device in ("auto", "cuda"):
+        return "nccl", torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return "gloo", torch.device("cpu")
+
+
+def init_distributed(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> torch.device:
+    """Initialise the process group under torchrun (see :func:`backend_and_device`), once per
+    process; return the device. ``timeout_s``: how long a collective waits for the other ranks
+    before failing."""
+    backend, chosen = backend_and_device(device)
     if launched_by_torchrun() and not dist.is_initialized():
-        if use_cuda:
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(
-            backend="nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s)
-        )
+        if chosen.type == "cuda":
+            torch.cuda.set_device(chosen)
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
         _timeout["seconds"] = timeout_s
-    if use_cuda:
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+    return chosen
+
+
+def training_device(device: str = "auto") -> torch.device:
+    """The device for the setting ``device`` in a process whose group (if any) is already
+    initialised; refuses a setting that disagrees with the group's backend."""
+    backend, chosen = backend_and_device(device)
+    if is_distributed() and dist.get_backend() != backend:
+        raise ConfigError(f"trainer.device={device} needs a {backend} process group but this one uses "
+                          f"{dist.get_backend()} (the group is set up from the config composed before the run)")
+    return chosen
 
 
 def is_distributed() -> bool:

@@ -18,7 +18,7 @@ from torchvision.ops import roi_align
 from sambench import tasks
 from sambench.backbones.clip import ClipBackbone
 from sambench.backbones.interface import EXTRA_OUTPUT_TOKENS, VIT_ENCODER
-from sambench.engine.loop import load_trainable
+from sambench.checkpoint import load_trainable
 from sambench.errors import CheckpointError, ConfigError
 from sambench.method import SambenchMethod
 from .adapter import Sam2ClipAdapter, teacher_sizes

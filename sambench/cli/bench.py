@@ -114,7 +114,7 @@ def bench_ddp(work: Path, cache_dir: Path, steps: int) -> str:
         seconds = run_train(
             [f"hydra.run.dir={run_dir}", f"cache.dir={cache_dir}", f"trainer.max_steps={steps}",
              f"trainer.batch_size={batch}", "trainer.device=cpu", f"logger.log_every={steps}",
-             "trainer.eval_at_end=false"],
+             "trainer.eval.at_end=false"],
             nproc=nproc, threads=threads,
         )
         launcher = "python" if nproc == 1 else "torchrun, gloo"

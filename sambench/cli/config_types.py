@@ -1,7 +1,7 @@
 """Typed checks of the composed config, once, before anything is built.
 
 Each config section is checked against the type hints of the constructor it feeds (the
-Trainer, the method, the dataset, the backbone): ``trainer.lr=fast`` or ``method.threshold=abc``
+training factories, the method, the dataset, the backbone): ``trainer.optim.lr=fast`` or ``method.threshold=abc``
 fail with a message that names the key, the value and the expected type. Values the engine
 needs in a range (batch sizes, steps, learning rate, ...) are checked too.
 """
@@ -20,24 +20,24 @@ from sambench.registry import Preset
 _NOT_ARGUMENTS = {"self", "sam", "run_dir", "class_names", "cache_dir", "split", "method", "train_set", "eval_set",
                   "evaluator", "device", "run_logger", "hooks"}
 
-#: trainer keys with a range: key -> (test, what is expected)
+#: trainer keys with a range: key (dotted below ``trainer``) -> (test, what is expected)
 TRAINER_RANGES = {
     "batch_size": (lambda v: v >= 1, "an integer >= 1"),
-    "eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "num_workers": (lambda v: v >= 0, "an integer >= 0"),
     "max_steps": (lambda v: v is None or v >= 0, "null or an integer >= 0"),
     "max_epochs": (lambda v: v is None or v >= 0, "null or a number >= 0"),
     "accumulate": (lambda v: v >= 1, "an integer >= 1"),
-    "lr": (lambda v: v > 0, "a number > 0"),
-    "weight_decay": (lambda v: v >= 0, "a number >= 0"),
-    "eps": (lambda v: v > 0, "a number > 0"),
-    "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "betas": (lambda v: len(v) == 2 and all(isinstance(b, numbers.Real) and 0 <= b < 1 for b in v), "two numbers in [0, 1)"),
     "grad_clip": (lambda v: v is None or v > 0, "null or a number > 0"),
-    "ema_decay": (lambda v: v is None or 0 < v < 1, "null or a number in (0, 1)"),
-    "eval_every": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
-    "ckpt_every": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
     "seed": (lambda v: v >= 0, "an integer >= 0"),
+    "optim.lr": (lambda v: v > 0, "a number > 0"),
+    "optim.weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "optim.eps": (lambda v: v > 0, "a number > 0"),
+    "optim.momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "optim.betas": (lambda v: len(v) == 2 and all(isinstance(b, numbers.Real) and 0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    "eval.batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "eval.every": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    "checkpoint.every": (lambda v: v is None or v >= 1, "null or an integer >= 1"),
+    "ema.decay": (lambda v: v is None or 0 < v < 1, "null or a number in (0, 1)"),
 }
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -112,26 +112,58 @@ def signature_hints(cls) -> tuple[dict[str, object], bool]:
 def check_section(section: str, cls, values: dict, ignore: tuple[str, ...] = ()) -> None:
     """Every key of ``values`` must be a constructor argument of ``cls`` of the right type."""
     hints, open_ended = signature_hints(cls)
+    check_values(section, {k: v for k, v in hints.items() if k not in _NOT_ARGUMENTS}, values, ignore, open_ended)
+
+
+def check_values(section: str, hints: dict, values: dict, ignore: tuple[str, ...] = (), open_ended: bool = False) -> None:
+    """Every key of ``values`` must be in ``hints`` (name -> type hint) with a value of that type."""
     for key, value in values.items():
         if key in ignore:
             continue
-        if key not in hints or key in _NOT_ARGUMENTS:
+        if key not in hints:
             if open_ended:
                 continue
-            valid = ", ".join(sorted(k for k in hints if k not in _NOT_ARGUMENTS))
-            raise ConfigError(f"unknown key {section}.{key}; valid: {valid}")
+            raise ConfigError(f"unknown key {section}.{key}; valid: {', '.join(sorted(hints))}")
         if value is not None and not matches(value, hints[key]):  # null: the constructor says what is missing
             raise ConfigError(f"{section}.{key}={value!r}: expected {type_name(hints[key])}")
 
 
-def check_trainer(values: dict) -> None:
-    """The trainer section: types from ``Trainer``'s signature, then ranges and the device."""
-    from sambench.engine.loop import Trainer
+def config_keys(factory) -> dict[str, object]:
+    """The config keys of a composition-root factory (function or class): its keyword
+    parameters that have a default, with their type hints."""
+    resolved = typing.get_type_hints(factory.__init__ if isinstance(factory, type) else factory)
+    return {name: resolved.get(name, inspect.Parameter.empty)
+            for name, param in inspect.signature(factory).parameters.items()
+            if param.default is not inspect.Parameter.empty
+            and param.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
 
-    check_section("trainer", Trainer, values, ignore=("device", "collective_timeout"))
+
+def check_trainer(values: dict) -> None:
+    """The trainer section: types from the signatures of the factories each group feeds
+    (``sambench/cli/build_training.py``), then ranges and the device."""
+    from sambench.cli import build_training as build
+    from sambench.engine.hooks import CheckpointHook
+    from sambench.engine.schedules import lr_multiplier
+
+    check_values("trainer", config_keys(build.build_trainer), values, ignore=("device", "collective_timeout"))
+    groups = {
+        "optim": config_keys(build.build_optimizer),
+        "schedule": {**config_keys(lr_multiplier), **config_keys(build.build_scheduler)},
+        "eval": config_keys(build.build_evaluation_hook),
+        "checkpoint": config_keys(CheckpointHook),
+        "ema": config_keys(build.build_ema_hook),
+    }
+    for group, hints in groups.items():
+        if isinstance(values.get(group), dict):
+            check_values(f"trainer.{group}", hints, values[group])
     for key, (test, expected) in TRAINER_RANGES.items():
-        if key in values and not _passes(test, values[key]):
-            raise ConfigError(f"trainer.{key}={values[key]!r}: expected {expected}")
+        group, _, name = key.rpartition(".")
+        where = values.get(group) if group else values
+        if isinstance(where, dict) and name in where and not _passes(test, where[name]):
+            raise ConfigError(f"trainer.{key}={where[name]!r}: expected {expected}")
+    name = (values.get("optim") or {}).get("name", "adamw")
+    if name not in build.OPTIMIZERS:
+        raise ConfigError(f"unknown trainer.optim.name '{name}'; valid: {', '.join(build.OPTIMIZERS)}")
     device = values.get("device", "auto")
     if device not in DEVICES:
         raise ConfigError(f"trainer.device={device!r}: expected one of {', '.join(DEVICES)} (torchrun picks the GPU of each rank)")

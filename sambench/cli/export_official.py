@@ -20,8 +20,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from sambench.cli.build import build_backbone, build_method
-from sambench.checkpoint import LAST, load_checkpoint, save_atomic
-from sambench.engine.loop import load_trainable
+from sambench.checkpoint import LAST, load_checkpoint, load_trainable, save_atomic
 from sambench.errors import ConfigError
 
 log = logging.getLogger("sambench")

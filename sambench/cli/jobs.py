@@ -13,11 +13,11 @@ from sambench.cli.build import (
     build_backbone, build_dataset, build_evaluator, build_method, check_config, plain,
     seed_everything, write_json_atomic, write_run_files,
 )
+from sambench.cli.build_training import build_trainer
 from sambench.data.loader import eval_loader
 from sambench import dist
-from sambench.checkpoint import load_checkpoint, resolve_checkpoint
+from sambench.checkpoint import load_checkpoint, load_trainable, resolve_checkpoint
 from sambench.engine.evaluate import evaluate
-from sambench.engine.loop import Trainer, load_trainable
 from sambench.engine.precision import check_precision, set_strict_fp32
 from sambench.evaluation.prediction_files import merge_label_files
 from sambench.logging import build_run_logger
@@ -33,7 +33,7 @@ def _start(cfg: DictConfig, job: str):
     check_precision(cfg.trainer.precision)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     setup_console_logging(rank=dist.rank(), log_file=run_dir / f"{job}.log" if dist.is_main() else None)
-    device = dist.init_distributed(cfg.trainer.device, cfg.trainer.collective_timeout)
+    device = dist.training_device(cfg.trainer.device)  # the process group was set up by cli/launch.py
     write_run_files(cfg, run_dir)
     log.info("run folder: %s (%d rank%s, %s)", run_dir, dist.world_size(), "s" * (dist.world_size() > 1), device)
     seed_everything(cfg.trainer.seed)
@@ -57,12 +57,12 @@ def train(cfg: DictConfig) -> dict:
     method = _method(cfg, run_dir, device, eval_set)
     log.info("%s: %d train / %d eval samples; %d trainable parameters", cfg.dataset.name, len(train_set),
              len(eval_set), sum(p.numel() for p in method.trainable_parameters().values()))
-    trainer_kwargs = plain(cfg.trainer)
-    trainer_kwargs.pop("device")
-    trainer_kwargs.pop("collective_timeout", None)
-    trainer = Trainer(method=method, train_set=train_set, eval_set=eval_set,
-                      evaluator=build_evaluator(method.TASK, eval_set.dataset_meta, run_dir), run_dir=run_dir, device=device,
-                      run_logger=run_logger, **trainer_kwargs)
+    settings = plain(cfg.trainer)
+    settings.pop("device")
+    settings.pop("collective_timeout", None)
+    trainer = build_trainer(method=method, train_set=train_set, eval_set=eval_set,
+                            evaluator=build_evaluator(method.TASK, eval_set.dataset_meta, run_dir), run_dir=run_dir,
+                            device=device, run_logger=run_logger, **settings)
     metrics = trainer.fit()
     _finish(run_dir, metrics, run_logger)
     return metrics
@@ -80,7 +80,7 @@ def evaluate_job(cfg: DictConfig) -> dict:
         weights = ema["shadow"] if (cfg.use_ema and ema) else state["trainable"]
         load_trainable(params, weights, path)
         log.info("loaded %s (step %s%s)", path, state.get("step"), ", EMA weights" if cfg.use_ema and ema else "")
-    loader = eval_loader(eval_set, batch_size=cfg.trainer.eval_batch_size, num_workers=cfg.trainer.num_workers)
+    loader = eval_loader(eval_set, batch_size=cfg.trainer.eval.batch_size, num_workers=cfg.trainer.num_workers)
     partial = run_dir / PARTIAL_PREDICTIONS
     if cfg.save_predictions:
         if dist.is_main():

@@ -1,8 +1,10 @@
 """Start a Hydra job with sambench's checks and error reporting.
 
-Before Hydra composes anything: refuse ``--multirun`` under torchrun, check config-group
-choices (unknown names list the valid ones and the closest match), initialise DDP and agree on
-one run-folder stamp across ranks. User errors (:class:`SambenchError`) print one line
+Before Hydra runs the job: refuse ``--multirun`` under torchrun, check config-group choices
+(unknown names list the valid ones and the closest match), compose the config once and check
+it, initialise DDP from that composed config (the only place that does: an experiment that sets
+``trainer.device=cpu`` gets a gloo group on a GPU host) and agree on one run-folder stamp
+across ranks (the broadcast needs the group, Hydra makes the folder from the stamp). User errors (:class:`SambenchError`) print one line
 ``error: ...`` and exit with status 2; ``traceback=true`` (or ``debug=traceback``) shows the trace.
 """
 
@@ -65,19 +67,11 @@ def seconds(value) -> float:
     return timeout
 
 
-def argv_value(argv: list[str], key: str, default: str | None) -> str | None:
-    """The value of a ``key=value`` override (needed before Hydra composes: process-group set-up)."""
-    return next((a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith(f"{key}=")), default)
-
-
 def check_overrides(config_name: str, argv: list[str]) -> dict:
     """Compose once before Hydra does, so its own errors (override syntax, keys not in the
     config, missing defaults) become one ``error:`` line and exit 2 like every user error.
-    Then the typed checks of :func:`check_config`. Returns the composed ``trainer`` section (the process group needs its device and timeout
-    before Hydra runs). Command lines with flags (``-m``, ``--cfg``, ``--help``) are left to
-    Hydra (then only ``key=value`` arguments are read)."""
-    if any(arg.startswith("-") for arg in argv):
-        return {key: argv_value(argv, f"trainer.{key}", None) for key in ("device", "collective_timeout")}
+    Then the typed checks of :func:`check_config`. Returns the composed ``trainer.device`` and
+    ``trainer.collective_timeout`` (the process group needs them before Hydra runs)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -90,6 +84,22 @@ def check_overrides(config_name: str, argv: list[str]) -> dict:
     except (HydraException, OmegaConfBaseException) as exc:  # also a value that cannot be resolved
         lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.startswith("    ")]
         raise ConfigError(" ".join(lines[:3]) or type(exc).__name__) from None
+
+
+def prepare(config_name: str, argv: list[str]) -> None:
+    """Checks, the process group (set up once, from the composed config) and the run stamp.
+    Command lines with flags (``-m``, ``--cfg``, ``--help``, ...) are left to Hydra, which
+    composes them its own way: they run without torchrun only (no process group)."""
+    check_group_choices(argv)
+    if any(arg.startswith("-") for arg in argv):
+        if dist.launched_by_torchrun():
+            flags = " ".join(a for a in argv if a.startswith("-"))
+            raise ConfigError(f"command-line flags ({flags}) cannot be used under torchrun: the process group is set "
+                              "up from the config composed before Hydra runs; pass key=value overrides only")
+        return
+    trainer = check_overrides(config_name, argv)
+    dist.init_distributed(trainer["device"] or "auto", seconds(trainer["collective_timeout"]))
+    _stamp["value"] = dist.broadcast_object(_stamp_resolver())
 
 
 def user_error_line(exc: BaseException) -> str:
@@ -113,10 +123,7 @@ def launch(job: Callable[[DictConfig], object], config_name: str) -> None:
         if dist.launched_by_torchrun() and any(a in ("-m", "--multirun") for a in argv):
             raise ConfigError("--multirun cannot run under torchrun (each rank would start its own sweep); "
                               "launch one torchrun per configuration instead")
-        check_group_choices(argv)
-        trainer = check_overrides(config_name, argv)
-        dist.init_distributed(trainer["device"] or "auto", seconds(trainer["collective_timeout"]))
-        _stamp["value"] = dist.broadcast_object(_stamp_resolver())
+        prepare(config_name, argv)
     except SambenchError as exc:
         if traceback:
             raise

@@ -39,3 +39,15 @@ def lr_multiplier(
     if name == "step":
         return gamma ** sum(step >= m for m in milestones)
     return 1.0
+
+
+def epochs_to_steps(schedule: dict, steps_per_epoch: int) -> dict:
+    """Turn the epoch-based keys ``warmup_epochs`` / ``milestone_epochs`` into steps (papers
+    state schedules in epochs; the scheduler steps once per optimizer update)."""
+    warmup_epochs = schedule.pop("warmup_epochs", None)
+    milestone_epochs = schedule.pop("milestone_epochs", None) or []
+    if warmup_epochs is not None:
+        schedule["warmup_steps"] = round(warmup_epochs * steps_per_epoch)
+    if milestone_epochs:
+        schedule["milestones"] = [*schedule.get("milestones", []), *(round(e * steps_per_epoch) for e in milestone_epochs)]
+    return schedule

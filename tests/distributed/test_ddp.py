@@ -18,7 +18,7 @@ pytestmark = pytest.mark.distributed
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 COMMON = [
     "dataset=sample", "dataset.num_images=5", "backbone=sam_tiny", "trainer.device=cpu",
-    "trainer.max_steps=3", "trainer.lr=1e-3",
+    "trainer.max_steps=3", "trainer.optim.lr=1e-3",
 ]
 
 
@@ -32,7 +32,7 @@ def test_two_ranks_match_one_rank(tmp_path):
     SGD keeps the comparison tight: its update is linear in the gradient, whereas Adam divides
     by sqrt(v) and turns float-rounding noise of near-zero gradients into visible differences.
     """
-    sgd = ["trainer.optimizer=sgd", "trainer.lr=0.05"]
+    sgd = ["trainer.optim.name=sgd", "trainer.optim.lr=0.05"]
     one = run_tool("tools/train.py", *COMMON, *sgd, "trainer.batch_size=2", f"hydra.run.dir={tmp_path / 'one'}", env=ONE_THREAD)
     assert one.returncode == 0, one.stderr[-3000:]
     two = run_tool("tools/train.py", *COMMON, *sgd, "trainer.batch_size=1", f"hydra.run.dir={tmp_path / 'two'}", torchrun=2)
@@ -82,8 +82,8 @@ def test_two_rank_referring_evaluation_gathers_global_oiou(tmp_path):
 
     root = write_synthetic_refcoco(tmp_path / "refer", num_images=12)
     common = ["method=dit_layerwise", f"dataset.root={root}", "dataset.max_samples=7", "trainer.device=cpu",
-              "trainer.batch_size=2", "trainer.eval_batch_size=2"]
-    train = run_tool("tools/train.py", *common, "trainer.max_steps=3", "trainer.lr=1e-3", f"hydra.run.dir={tmp_path / 'run'}")
+              "trainer.batch_size=2", "trainer.eval.batch_size=2"]
+    train = run_tool("tools/train.py", *common, "trainer.max_steps=3", "trainer.optim.lr=1e-3", f"hydra.run.dir={tmp_path / 'run'}")
     assert train.returncode == 0, train.stderr[-3000:]
     args = ["tools/eval.py", *common, f"ckpt={tmp_path / 'run'}"]
     one = run_tool(*args, f"hydra.run.dir={tmp_path / 'eval1'}", env=ONE_THREAD)
@@ -102,7 +102,7 @@ def test_two_rank_semantic_evaluation_equals_one_rank(tmp_path):
 
     root = write_synthetic_cityscapes(tmp_path / "cityscapes", train_images=2, val_images=3)
     args = ["tools/eval.py", "method=zero_shot_prompts", f"dataset.root={root}", "method.grid=2",
-            "trainer.device=cpu", "trainer.eval_batch_size=1"]
+            "trainer.device=cpu", "trainer.eval.batch_size=1"]
     one = run_tool(*args, f"hydra.run.dir={tmp_path / 'eval1'}", env=ONE_THREAD)
     two = run_tool(*args, f"hydra.run.dir={tmp_path / 'eval2'}", torchrun=2)
     assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-3000:]

@@ -3,17 +3,17 @@
 
 from __future__ import annotations
 
-import pytest
-
 import time
 
+import pytest
+
 from sambench.testing import run_tool
+
+pytestmark = pytest.mark.distributed
 
 HUNG_RANK = """
 import logging, sys, time
 from sambench import dist
-
-pytestmark = pytest.mark.distributed
 logging.basicConfig(level=logging.WARNING, format="%(message)s")
 dist.init_distributed("cpu", timeout_s=float(sys.argv[1]))
 if dist.rank() == 1:

@@ -19,7 +19,7 @@ from sambench.structures import Batch
 
 pytestmark = pytest.mark.slow
 
-TINY = ["trainer.device=cpu", "trainer.batch_size=2", "trainer.eval_batch_size=4"]
+TINY = ["trainer.device=cpu", "trainer.batch_size=2", "trainer.eval.batch_size=4"]
 RIS_KEYS = {"oIoU", "mIoU", "P@0.5", "P@0.7", "P@0.9"}
 
 
@@ -32,7 +32,7 @@ def refer_root(tmp_path_factory):
 def dit_run(refer_root, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("dit") / "run"
     result = run_tool("tools/train.py", "method=dit_layerwise", f"dataset.root={refer_root}", "trainer.max_steps=4",
-                      "trainer.lr=1e-3", *TINY, f"hydra.run.dir={run_dir}")
+                      "trainer.optim.lr=1e-3", *TINY, f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 

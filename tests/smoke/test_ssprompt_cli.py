@@ -14,7 +14,7 @@ from sambench.testing.semantic_synthetic import write_synthetic_acdc, write_synt
 
 pytestmark = pytest.mark.slow
 
-FAST = ["method.grid=2", "trainer.device=cpu", "trainer.batch_size=2", "trainer.eval_batch_size=2"]
+FAST = ["method.grid=2", "trainer.device=cpu", "trainer.batch_size=2", "trainer.eval.batch_size=2"]
 
 
 @pytest.fixture(scope="module")

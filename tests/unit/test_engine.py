@@ -11,9 +11,11 @@ from sambench.testing import TINY_SAM
 
 from sambench.backbones.sam import SamBackbone
 from sambench.checkpoint import LAST, load_checkpoint, save_atomic
+from sambench.cli.build_training import build_trainer
 from sambench.engine.ema import ParameterEMA
-from sambench.engine.loop import Trainer, epochs_to_steps
-from sambench.engine.schedules import lr_multiplier
+from sambench.engine.hooks import EMAHook
+from sambench.engine.loop import Trainer
+from sambench.engine.schedules import epochs_to_steps, lr_multiplier
 from sambench.errors import CheckpointError, ConfigError
 from sambench.evaluation.instance_iou import InstanceIoUEvaluator
 from sambench.logging import RunLogger
@@ -23,6 +25,7 @@ load_plugins()
 
 
 def make_trainer(run_dir: Path, cache: Path, **overrides) -> Trainer:
+    """A trainer as tools/train.py builds it (``overrides``: trainer config keys, grouped)."""
     torch.manual_seed(0)
     sam = SamBackbone(**TINY_SAM, cache_dir=str(cache))
     method = METHODS.get("sam_prompted")(sam=sam)
@@ -30,10 +33,14 @@ def make_trainer(run_dir: Path, cache: Path, **overrides) -> Trainer:
     kwargs = dict(
         method=method, train_set=sample(split="train", num_images=6), eval_set=sample(split="eval", num_images=3),
         evaluator=InstanceIoUEvaluator(), run_dir=run_dir, device=torch.device("cpu"),
-        run_logger=RunLogger(), max_steps=4, batch_size=2, lr=1e-3, eval_at_end=False,
+        run_logger=RunLogger(), max_steps=4, batch_size=2, optim={"lr": 1e-3}, eval={"at_end": False},
     )
     kwargs.update(overrides)
-    return Trainer(**kwargs)
+    return build_trainer(**kwargs)
+
+
+def ema_hook(trainer: Trainer) -> EMAHook:
+    return next(h for h in trainer.hooks if isinstance(h, EMAHook))
 
 
 def trained_params(trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -60,7 +67,7 @@ def test_resume_gives_identical_parameters(tmp_path):
 
 
 def test_checkpoint_is_plain_and_loads_weights_only(tmp_path):
-    trainer = make_trainer(tmp_path, tmp_path / "cache", max_steps=1, ema_decay=0.9)
+    trainer = make_trainer(tmp_path, tmp_path / "cache", max_steps=1, ema={"decay": 0.9})
     trainer.fit()
     state = torch.load(tmp_path / "checkpoints" / LAST, weights_only=True)
     assert state["step"] == 1
@@ -104,12 +111,12 @@ def test_gradient_accumulation_matches_larger_batch(tmp_path):
 
 
 def test_ema_is_used_for_evaluation_and_restored(tmp_path):
-    trainer = make_trainer(tmp_path, tmp_path / "cache", max_steps=2, ema_decay=0.5)
+    trainer = make_trainer(tmp_path, tmp_path / "cache", max_steps=2, ema={"decay": 0.5})
     trainer.fit()
     raw = trained_params(trainer)
     name = next(iter(raw))
-    with trainer.ema.swapped_in():
-        assert torch.equal(trainer.params[name], trainer.ema.shadow[name])
+    with ema_hook(trainer).swapped_in():
+        assert torch.equal(trainer.params[name], ema_hook(trainer).ema.shadow[name])
         assert not torch.equal(trainer.params[name], raw[name])
     assert torch.equal(trainer.params[name], raw[name])
 
@@ -175,4 +182,4 @@ def test_unknown_precision_and_optimizer(tmp_path):
     with pytest.raises(ConfigError, match="fp32"):
         make_trainer(tmp_path, tmp_path / "cache", precision="fp8")
     with pytest.raises(ConfigError, match="adamw"):
-        make_trainer(tmp_path, tmp_path / "cache", optimizer="adamx")
+        make_trainer(tmp_path, tmp_path / "cache", optim={"name": "adamx"})

@@ -17,6 +17,7 @@ from sambench.cli.jobs import publish_predictions
 from sambench.cli.launch import check_overrides
 from sambench import dist
 from sambench.checkpoint import LAST, load_checkpoint
+from sambench.engine.hooks import CheckpointHook
 from sambench.errors import ConfigError, OutputError
 from sambench.files import remove_stale_temporaries, write_json_atomic
 from sambench.logging.jsonl import JsonlWriter
@@ -31,15 +32,23 @@ def composed(*overrides: str):
 @pytest.mark.parametrize(("override", "message"), [
     ("trainer.max_steps=abc", "trainer.max_steps='abc': expected an integer or null"),
     ("trainer.batch_size=0", "trainer.batch_size=0: expected an integer >= 1"),
-    ("trainer.lr=fast", "trainer.lr='fast': expected a number"),
-    ("trainer.lr=-1", "trainer.lr=-1: expected a number > 0"),
-    ("trainer.eval_batch_size=abc", "trainer.eval_batch_size='abc': expected an integer"),
+    ("trainer.optim.lr=fast", "trainer.optim.lr='fast': expected a number"),
+    ("trainer.optim.lr=-1", "trainer.optim.lr=-1: expected a number > 0"),
+    ("trainer.eval.batch_size=abc", "trainer.eval.batch_size='abc': expected an integer"),
     ("trainer.batch_size=null", "trainer.batch_size=None: expected an integer >= 1"),
-    ("trainer.betas=[0.9]", "trainer.betas=[0.9]: expected two numbers in [0, 1)"),
-    ("trainer.ema_warmup=maybe", "trainer.ema_warmup='maybe': expected true/false"),
+    ("trainer.optim.betas=[0.9]", "trainer.optim.betas=[0.9]: expected two numbers in [0, 1)"),
+    ("trainer.ema.warmup=maybe", "trainer.ema.warmup='maybe': expected true/false"),
     ("trainer.device=gpu", "trainer.device='gpu': expected one of auto, cpu, cuda"),
     ("trainer.collective_timeout=0", "trainer.collective_timeout=0: expected a number of seconds > 0"),
     ("+trainer.max_step=3", "unknown key trainer.max_step; valid:"),
+    ("+trainer.optim.beta=0.9", "unknown key trainer.optim.beta; valid: betas, eps, lr, momentum, name, weight_decay"),
+    ("trainer.optim.name=adamx", "unknown trainer.optim.name 'adamx'; valid: adamw, adam, sgd"),
+    ("trainer.schedule.warmup_epochs=abc", "trainer.schedule.warmup_epochs='abc': expected a number or null"),
+    ("+trainer.schedule.total_steps=3", "unknown key trainer.schedule.total_steps"),
+    ("trainer.checkpoint.every=0", "trainer.checkpoint.every=0: expected null or an integer >= 1"),
+    ("trainer.ema.decay=1.5", "trainer.ema.decay=1.5: expected null or a number in (0, 1)"),
+    ("trainer.eval.at_end=sometimes", "trainer.eval.at_end='sometimes': expected true/false"),
+    ("trainer.hooks=3", "trainer.hooks=3: expected a list or null"),
     ("save_predictions=yes", "save_predictions='yes': expected true/false"),
     ("dataset.num_images=many", "dataset.num_images='many': expected an integer"),
     ("backbone.encoder_depth=2.5", "backbone.encoder_depth=2.5: expected an integer"),
@@ -53,12 +62,12 @@ def test_wrong_typed_or_out_of_range_values_name_the_key(override, message):
 def test_method_values_are_checked_against_the_constructor():
     with pytest.raises(ConfigError, match=r"method.threshold='abc': expected a number"):
         check_config(composed("method=dit_layerwise", "method.threshold=abc"))
-    check_config(composed("method=dit_layerwise", "method.threshold=0.5", "trainer.lr=1"))  # int for a float is fine
+    check_config(composed("method=dit_layerwise", "method.threshold=0.5", "trainer.optim.lr=1"))  # int for a float is fine
 
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["foo=bar"], "Could not override 'foo'"),
-    (["trainer.lr=[1"], "no viable alternative"),
+    (["trainer.optim.lr=[1"], "no viable alternative"),
     (["method.threshold=abc"], "Could not override 'method.threshold'"),
     (["dataset.num_images=${oc.env:SAMBENCH_TEST_UNSET_VARIABLE}"], "Environment variable 'SAMBENCH_TEST_UNSET_VARIABLE' not found"),
 ])
@@ -95,7 +104,7 @@ def full_disk_on_call(n: int):
 
 
 def test_full_disk_at_a_checkpoint_names_the_file_and_keeps_the_previous(tmp_path, monkeypatch):
-    trainer = make_trainer(tmp_path / "run", tmp_path / "cache", max_steps=2, ckpt_every=1)
+    trainer = make_trainer(tmp_path / "run", tmp_path / "cache", max_steps=2, checkpoint={"every": 1})
     monkeypatch.setattr(torch, "save", full_disk_on_call(2))
     with pytest.raises(OutputError) as error:
         trainer.fit()
@@ -179,6 +188,6 @@ def test_too_little_space_for_checkpoints_is_said_at_the_start(tmp_path, monkeyp
     trainer = make_trainer(tmp_path / "run", tmp_path / "cache", max_steps=0)
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
-    with caplog.at_level("WARNING", logger="sambench.engine.loop"):
-        trainer._check_free_space()
+    with caplog.at_level("WARNING", logger="sambench.engine.hooks"):
+        next(h for h in trainer.hooks if isinstance(h, CheckpointHook)).check_free_space(trainer)
     assert any("only 0.0 MB free" in r.getMessage() and "each checkpoint needs about" in r.getMessage() for r in caplog.records)

@@ -11,9 +11,10 @@ import torch
 from sambench.testing import TINY_SAM
 
 from sambench.backbones.sam import SamBackbone
-from sambench.testing.refcoco_synthetic import write_synthetic_refcoco
 from sambench.checkpoint import LAST, load_checkpoint
-from sambench.engine.hooks import CheckpointHook, Hook, LossLoggingHook
+from sambench.cli.build_training import build_trainer
+from sambench.engine.hooks import Hook
+from sambench.testing.refcoco_synthetic import write_synthetic_refcoco
 from sambench.engine.loop import Trainer
 from sambench.evaluation.referring import ReferringEvaluator
 from sambench.logging import RunLogger
@@ -43,19 +44,22 @@ def refer_root(tmp_path_factory) -> Path:
     return write_synthetic_refcoco(tmp_path_factory.mktemp("refer"), num_images=12, seed=3, image_size=(48, 64))
 
 
-def dit_trainer(run_dir: Path, root: Path, hooks: list[Hook]) -> Trainer:
+def dit_trainer(run_dir: Path, root: Path, every: int | None = None, hooks: tuple[Hook, ...] = ()) -> Trainer:
+    """DIT's recipe; ``every``: log and checkpoint every N steps (else only at the end);
+    ``hooks`` run before the checkpoint hook."""
     torch.manual_seed(123456)  # tools/train.py seeds before building, as here
     sam = SamBackbone(**TINY_SAM)
     method = METHODS.get("dit_layerwise")(sam=sam, text_encoder={"allow_random_init": True}, image_size=128,
                                           augment={"min_side": 64})
     train_set = DATASETS.get("refcoco")(split="train", root=str(root), max_samples=8)
     assert len(train_set) == 8
-    return Trainer(
+    return build_trainer(
         method=method, train_set=train_set, eval_set=None, evaluator=ReferringEvaluator(), run_dir=run_dir,
-        device=torch.device("cpu"), run_logger=RunLogger(), max_steps=STEPS, batch_size=2, optimizer="adam",
-        lr=1e-3, betas=(0.9, 0.98), eps=1e-9, grad_clip=0.15, ema_decay=0.9997, ema_warmup=True,
+        device=torch.device("cpu"), run_logger=RunLogger(log_every=every or 10), max_steps=STEPS, batch_size=2,
+        optim={"name": "adam", "lr": 1e-3, "betas": (0.9, 0.98), "eps": 1e-9}, grad_clip=0.15,
+        ema={"decay": 0.9997, "warmup": True},
         schedule={"name": "cosine", "warmup_steps": 2, "warmup_start": 0.001, "min_ratio": 0.01},
-        eval_at_end=False, seed=123456, hooks=hooks,
+        eval={"at_end": False}, checkpoint={"every": every}, seed=123456, hooks=list(hooks),
     )
 
 
@@ -64,13 +68,12 @@ def state_of(run_dir: Path) -> dict:
 
 
 def test_dit_killed_mid_epoch_resumes_tensor_for_tensor(tmp_path, refer_root):
-    straight = dit_trainer(tmp_path / "straight", refer_root, [CheckpointHook(None)])
+    straight = dit_trainer(tmp_path / "straight", refer_root)
     straight.fit()
-    every_step = [LossLoggingHook(1), CheckpointHook(1)]
     with pytest.raises(Killed):
-        dit_trainer(tmp_path / "killed", refer_root, [KillAt(3), *every_step]).fit()
+        dit_trainer(tmp_path / "killed", refer_root, every=1, hooks=(KillAt(3),)).fit()
     assert state_of(tmp_path / "killed")["step"] == 2  # step 3's work is lost, as in a real kill
-    resumed = dit_trainer(tmp_path / "killed", refer_root, every_step)
+    resumed = dit_trainer(tmp_path / "killed", refer_root, every=1)
     resumed.fit()
     assert resumed.step == STEPS
     a, b = state_of(tmp_path / "straight"), state_of(tmp_path / "killed")
@@ -81,5 +84,5 @@ def test_dit_killed_mid_epoch_resumes_tensor_for_tensor(tmp_path, refer_root):
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
     assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
-    untrained = dit_trainer(tmp_path / "fresh", refer_root, [])
+    untrained = dit_trainer(tmp_path / "fresh", refer_root)
     assert any(not torch.equal(a["trainable"][n], p.detach()) for n, p in untrained.params.items())
