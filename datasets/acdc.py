@@ -61,6 +61,7 @@ class AcdcDataset(SemanticSegmentationDataset):
         "gt/<condition>/<split>/<sequence>/*_gt_labelTrainIds.png "
         "(or rgb_anon_trainvaltest/rgb_anon and gt_trainval/gt)"
     )
+    CLASS_NAMES = tuple(CITYSCAPES_CLASSES)
 
     def __init__(
         self,
@@ -68,16 +69,12 @@ class AcdcDataset(SemanticSegmentationDataset):
         split: str,
         root: str,
         conditions: list[str] = CONDITIONS,
-        train_split: str = "train",
-        eval_split: str = "val",
+        train_split: str | None = None,
+        eval_split: str | None = None,
         max_samples: int | None = None,
     ):
         self.conditions = condition_list(conditions)
-        self.class_names = list(CITYSCAPES_CLASSES)
-        super().__init__(
-            split=split, root=root, split_name=train_split if split == "train" else eval_split,
-            max_samples=max_samples,
-        )
+        super().__init__(split=split, root=root, train_split=train_split, eval_split=eval_split, max_samples=max_samples)
 
     def _folder(self, candidates: tuple[str, ...], what: str) -> str:
         for candidate in candidates:

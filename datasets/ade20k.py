@@ -84,22 +84,9 @@ class Ade20kDataset(SemanticSegmentationDataset):
 
     NAME = "ade20k"
     ROOT_HINT = f"{FOLDER} (holding images/ and annotations/) or the folder that contains it"
-
-    def __init__(
-        self,
-        *,
-        split: str,
-        root: str,
-        train_split: str = "training",
-        eval_split: str = "validation",
-        max_samples: int | None = None,
-    ):
-        self.class_names = list(ADE20K_CLASSES)
-        self.names_file: Path | None = None
-        super().__init__(
-            split=split, root=root, split_name=train_split if split == "train" else eval_split,
-            max_samples=max_samples,
-        )
+    CLASS_NAMES = tuple(ADE20K_CLASSES)
+    SPLIT_NAMES = ("training", "validation")
+    names_file: Path | None = None  # objectInfo150 when the dataset has one (read in locate_root)
 
     def locate_root(self, root: Path) -> Path:
         self.given_root = root

@@ -40,21 +40,7 @@ class Bdd100kDataset(SemanticSegmentationDataset):
     ROOT_HINT = (
         f"bdd100k/ (holding {IMAGE_DIR}/<split>/*.jpg and {MASK_DIR}/<split>/*.png) or the folder that contains it"
     )
-
-    def __init__(
-        self,
-        *,
-        split: str,
-        root: str,
-        train_split: str = "train",
-        eval_split: str = "val",
-        max_samples: int | None = None,
-    ):
-        self.class_names = list(CITYSCAPES_CLASSES)
-        super().__init__(
-            split=split, root=root, split_name=train_split if split == "train" else eval_split,
-            max_samples=max_samples,
-        )
+    CLASS_NAMES = tuple(CITYSCAPES_CLASSES)
 
     def locate_root(self, root: Path) -> Path:
         for candidate in (root, root / "bdd100k"):

@@ -53,6 +53,7 @@ class CityscapesDataset(SemanticSegmentationDataset):
         "a Cityscapes folder holding leftImg8bit/<split>/<city>/*_leftImg8bit.png and "
         "gtFine/<split>/<city>/*_gtFine_<label_type>.png"
     )
+    CLASS_NAMES = tuple(CITYSCAPES_CLASSES)
 
     def __init__(
         self,
@@ -60,17 +61,13 @@ class CityscapesDataset(SemanticSegmentationDataset):
         split: str,
         root: str,
         label_type: str = "labelTrainIds",
-        train_split: str = "train",
-        eval_split: str = "val",
+        train_split: str | None = None,
+        eval_split: str | None = None,
         max_samples: int | None = None,
     ):
         check_choice(self.NAME, "label_type", label_type, LABEL_TYPES)
         self.label_type = label_type
-        self.class_names = list(CITYSCAPES_CLASSES)
-        super().__init__(
-            split=split, root=root, split_name=train_split if split == "train" else eval_split,
-            max_samples=max_samples,
-        )
+        super().__init__(split=split, root=root, train_split=train_split, eval_split=eval_split, max_samples=max_samples)
 
     def list_entries(self, split_name: str) -> list[SemanticEntry]:
         entries = pair_files(

@@ -106,21 +106,8 @@ class MapillaryDataset(SemanticSegmentationDataset):
         "a Mapillary Vistas folder holding config_v1.2.json (or config.json), <split>/images/*.jpg and "
         "<split>/v1.2/labels/*.png"
     )
-
-    def __init__(
-        self,
-        *,
-        split: str,
-        root: str,
-        train_split: str = "training",
-        eval_split: str = "validation",
-        max_samples: int | None = None,
-    ):
-        self.class_names = list(CITYSCAPES_CLASSES)
-        super().__init__(
-            split=split, root=root, split_name=train_split if split == "train" else eval_split,
-            max_samples=max_samples,
-        )
+    CLASS_NAMES = tuple(CITYSCAPES_CLASSES)
+    SPLIT_NAMES = ("training", "validation")
 
     def prepare(self) -> None:
         config = next((self.root / name for name in CONFIG_FILES if (self.root / name).is_file()), None)

@@ -54,21 +54,7 @@ class PascalContextDataset(SemanticSegmentationDataset):
         f"VOC2010/ (holding {IMAGE_DIR}/, {LABEL_DIR}/ and {LIST_DIR}/<split>.txt), "
         "or a folder holding VOCdevkit/VOC2010"
     )
-
-    def __init__(
-        self,
-        *,
-        split: str,
-        root: str,
-        train_split: str = "train",
-        eval_split: str = "val",
-        max_samples: int | None = None,
-    ):
-        self.class_names = list(PASCAL_CONTEXT_59_CLASSES)
-        super().__init__(
-            split=split, root=root, split_name=train_split if split == "train" else eval_split,
-            max_samples=max_samples,
-        )
+    CLASS_NAMES = tuple(PASCAL_CONTEXT_59_CLASSES)
 
     def locate_root(self, root: Path) -> Path:
         for candidate in (root / "VOCdevkit" / "VOC2010", root / "VOC2010", root):

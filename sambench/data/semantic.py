@@ -190,8 +190,8 @@ def _check_int(dataset: str, option: str, value: Any, minimum: int | None, allow
 class SemanticSegmentationDataset(SambenchDataset):
     """Base of the semantic segmentation adapters (task ``semantic_few_shot``).
 
-    A subclass sets ``NAME``, ``ROOT_HINT`` and ``class_names`` (before calling this
-    constructor, or in :meth:`prepare`) and implements :meth:`list_entries`; it may override
+    A subclass sets ``NAME``, ``ROOT_HINT``, ``CLASS_NAMES`` (or ``class_names`` in
+    :meth:`prepare`) and ``SPLIT_NAMES`` and implements :meth:`list_entries`; it may override
     :meth:`locate_root` (accept several root levels), :meth:`prepare` (read files that depend on
     the root), :meth:`convert_labels` (raw PNG indices -> ``0..C-1`` / 255) and
     :meth:`label_signature` (anything the conversion depends on, for the presence cache).
@@ -205,24 +205,34 @@ class SemanticSegmentationDataset(SambenchDataset):
     and :meth:`file_name`).
 
     Args:
-        split: "train" (reads ``split_name``) or "eval".
+        split: "train" (reads ``train_split``) or "eval" (reads ``eval_split``).
         root: the dataset folder (see the adapter for its layout).
-        split_name: the dataset's own split folder/list name (``train``, ``val``, ``training``...).
+        train_split / eval_split: the dataset's own split folder/list names (``train``, ``val``,
+            ``training``...); None = ``SPLIT_NAMES``.
         max_samples: keep only the first N samples; None = all.
     """
 
     TASKS = (tasks.SEMANTIC_FEW_SHOT,)
     NAME = "semantic"
     ROOT_HINT = "a semantic segmentation dataset folder"
+    #: the vocabulary, label index order (an adapter may read it from the dataset in :meth:`prepare`)
+    CLASS_NAMES: tuple[str, ...] = ()
+    #: the dataset's own (training, evaluation) split names: the defaults of train_split / eval_split
+    SPLIT_NAMES: tuple[str, str] = ("train", "val")
 
     def __init__(
         self,
         *,
         split: str,
         root: str,
-        split_name: str,
+        train_split: str | None = None,
+        eval_split: str | None = None,
         max_samples: int | None = None,
     ):
+        split_name = train_split if split == "train" else eval_split
+        if split_name is None:
+            split_name = self.SPLIT_NAMES[0 if split == "train" else 1]
+        self.class_names = list(self.CLASS_NAMES)
         if split not in ("train", "eval"):
             raise ConfigError(f"dataset '{self.NAME}': split must be 'train' or 'eval', got '{split}'")
         _check_int(self.NAME, "max_samples", max_samples, 1, allow_none=True)
