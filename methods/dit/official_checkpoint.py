@@ -1,5 +1,5 @@
 """The DIT authors' released checkpoints (wysnzzzz/DIT, L-DIT / E-DIT) <-> sambench's DIT model
-(``../shared/specs/official_checkpoints.md`` §1).
+(the layout the official ``train.py`` writes and ``test.py`` loads).
 
 An official file is ``{'epoch', 'state_dict', 'optimizer', 'scheduler', 'lr'}`` written by
 ``train.py``; ``state_dict`` already holds the EMA weights, with ``module.`` before every key

@@ -1,5 +1,5 @@
 """Open-Vocabulary SAM's released files <-> sambench's ``clip2sam`` / ``ovsam`` modules
-(``../shared/specs/official_checkpoints.md`` §2).
+(the authors' released files; their key layout is listed below and in ``README.md``).
 
 - ``sam2clip_vith_rn50x16.pth``: ``neck_student.*`` (86 tensors) = the SAM2CLIP adapter, its
   ``pos_embed`` buffer included;

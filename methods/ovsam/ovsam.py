@@ -117,7 +117,8 @@ class Sam2Clip(SambenchMethod):
 
 @METHODS.register_module(name="clip2sam")
 class Clip2Sam(SambenchMethod):
-    """Open-Vocabulary SAM stage 2 (CLIP2SAM) and its inference (``../shared/specs/ovsam.md`` §3–§4).
+    """Open-Vocabulary SAM stage 2 (CLIP2SAM) and its inference (the official
+    CLIP2SAM training and inference configs; ``README.md`` lists each step).
 
     Image embedding = frozen CLIP ResNet -> frozen SAM2CLIP adapter (SAM's ViT is never run and
     is freed); SAM's prompt encoder (frozen) and mask decoder (trainable, single mask token, the

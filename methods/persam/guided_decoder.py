@@ -1,6 +1,6 @@
 """PerSAM's changes to SAM's two-way transformer, through the wrapper's ``transformer_fn`` hook.
 
-Reproduces the official code exactly, quirks included (see ``persam.md`` §1):
+Reproduces the official code's modified ``TwoWayTransformer`` exactly, quirks included:
 - target-semantic prompting: ``t`` (1×1×256) is added to the query tokens before each block; in
   the official code the first in-place add also changes the query positional encoding (the
   two are the same tensor), so ``query_pe = tokens + t`` everywhere, block 0 sees ``tokens + t``,

@@ -4,8 +4,8 @@ Per concept, the reference image(s) and mask(s) give a target feature; on each t
 similarity map gives a location prior (positive + negative point), the target-guided attention
 bias and the target-semantic prompt for the first decoder pass, followed by two cascaded
 refinements. Everything goes through the wrapped SAM's decoder extension point. Defaults
-reproduce the official code (``persam.md``); the paper's variants are options (see
-``methods/persam/README.md``). Beyond the official code: several references per concept (pooled
+reproduce the official code (its ``persam.py`` / ``persam_f.py`` scripts); the paper's variants
+are options (``methods/persam/README.md``). Beyond the official code: several references per concept (pooled
 target feature, PerSAM-F fitted on all) and several instances per image.
 """
 

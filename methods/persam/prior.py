@@ -1,4 +1,5 @@
-"""PerSAM's reference processing, similarity map, location prior and guidance (``persam.md`` §2).
+"""PerSAM's reference processing, similarity map, location prior and guidance, as the official ``persam.py``
+computes them.
 
 Shapes: SAM embeddings are 256×64×64; similarity maps are H×W at the original image size.
 """

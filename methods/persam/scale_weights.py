@@ -1,4 +1,4 @@
-"""PerSAM-F: two learnable weights mixing SAM's three multimask outputs (``persam.md`` §3)."""
+"""PerSAM-F: two learnable weights mixing SAM's three multimask outputs (the official ``persam_f.py``)."""
 
 from __future__ import annotations
 

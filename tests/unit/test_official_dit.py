@@ -1,4 +1,4 @@
-"""The DIT authors' checkpoint layout (official_checkpoints.md §1) <-> sambench's DIT model:
+"""The DIT authors' checkpoint layout (what the official train.py writes) <-> sambench's DIT model:
 key mapping, round trips, file variants, clear errors, predictions, real ViT-B/H key sets."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The authors' Open-Vocabulary SAM files (official_checkpoints.md §2): key layout at the real
+"""The authors' Open-Vocabulary SAM files (the released sam2clip / clip2sam files): key layout at the real
 sizes, import -> export -> import identity, both file structures, clear errors."""
 
 from __future__ import annotations

@@ -294,7 +294,7 @@ def test_transformer_fn_receives_upstream_transformer_and_is_used(backbone, scen
 
 def _persam_like_transformer_fn(target: torch.Tensor):
     """A transformer_fn rebuilt from the upstream TwoWayTransformer's submodules, adding a
-    target embedding to the queries before each block (the shape of PerSAM's change, spec §1)."""
+    target embedding to the queries before each block (the shape of PerSAM's change to the decoder)."""
 
     def fn(transformer, src, pos_src, tokens):
         keys = src.flatten(2).permute(0, 2, 1)
