@@ -45,6 +45,13 @@ class SambenchMethod(nn.Module):
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         return self.training_step(batch)
 
+    def training_hooks(self) -> list:
+        """Hooks this method adds to its training (:class:`sambench.engine.hooks.Hook`
+        instances: e.g. a schedule of its own, a periodic re-sampling); they run after the
+        built-in EMA / logging / evaluation hooks and before ``trainer.hooks`` and the checkpoint
+        hook, which stores each one's state under its ``state_key``. None by default."""
+        return []
+
     def official_files(self, *, name: str, backbone: str, dataset: str, ddp_prefix: bool = False) -> dict[str, dict]:
         """The model in its authors' checkpoint layout(s) (``tools/export_official.py``): file name
         -> state dict. ``name`` is the method's config name, ``backbone`` the SAM variant without

@@ -105,7 +105,8 @@ def build_trainer(
 
     Steps count optimizer updates; with ``accumulate`` > 1 each uses that many batches of
     ``batch_size`` samples per rank. ``max_steps`` wins over ``max_epochs``. Hooks, in order:
-    EMA (if ``ema.decay``), loss logging, evaluation, ``hooks`` (extra), checkpoint.
+    EMA (if ``ema.decay``), loss logging, evaluation, the method's ``training_hooks()``,
+    ``hooks`` (extra: by code or ``trainer.hooks``), checkpoint.
     """
     method = method.to(device)
     params = method.trainable_parameters()
@@ -135,7 +136,8 @@ def build_trainer(
     if eval_set is not None:
         all_hooks.append(build_evaluation_hook(eval_set, evaluator=evaluator, run_logger=run_logger,
                                                num_workers=num_workers, ema=ema_hook, **(eval or {})))
-    all_hooks += [*extra_hooks(hooks or []), CheckpointHook(run_dir=run_dir, **(checkpoint or {}))]
+    all_hooks += [*extra_hooks([*method.training_hooks(), *(hooks or [])]),
+                  CheckpointHook(run_dir=run_dir, **(checkpoint or {}))]
     return Trainer(
         model=model, train_batches=functools.partial(start_epoch, loader, seed=seed) if loader else None,
         optimizer=optimizer, scheduler=scheduler, max_steps=total, steps_per_epoch=steps_per_epoch, device=device,

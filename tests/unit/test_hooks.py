@@ -72,6 +72,24 @@ def test_a_hook_added_by_code_is_called_and_its_state_is_checkpointed(tmp_path):
     assert recording(resumed).calls == [("before_run", 2), ("after_step", 3), ("after_run", 3)]  # resumed first
 
 
+def test_a_method_contributes_its_own_hooks(tmp_path):
+    """``SambenchMethod.training_hooks()``: the method's hooks run before the config's extra hooks
+    and the checkpoint hook, and their state is checkpointed like any other hook's."""
+    trainer = make_trainer(tmp_path / "run", tmp_path / "cache", max_steps=2)
+    assert not any(isinstance(h, RecordingHook) for h in trainer.hooks)  # the default: none
+    method, own = trainer.method, RecordingHook("method")
+    own.state_key = "method_recording"
+    method.training_hooks = lambda: [own]
+    trainer = make_trainer(tmp_path / "run2", tmp_path / "cache", max_steps=2, method=method,
+                           hooks=[RecordingHook("config")])
+    labels = [h.label for h in trainer.hooks if isinstance(h, RecordingHook)]
+    assert labels == ["method", "config"] and isinstance(trainer.hooks[-1], CheckpointHook)
+    trainer.fit()
+    assert own.calls == [("before_run", 0), ("after_step", 1), ("after_step", 2), ("after_run", 2)]
+    state = load_checkpoint(tmp_path / "run2" / "checkpoints" / LAST)
+    assert state["method_recording"] == {"counter": 2} and state["recording"] == {"counter": 2}
+
+
 def test_a_hook_added_by_config_is_built_and_called(tmp_path):
     cfg = composed("trainer.hooks=[{_target_:test_hooks.RecordingHook,label:from_config}]")
     check_config(cfg)
