@@ -266,7 +266,8 @@ def test_an_extra_level_reaches_decode_through_an_unchanged_method():
     masks[0, 5:20, 10:30], masks[1, 25:45, 30:60] = True, True
     other = torch.zeros(1, 64, 40, dtype=torch.bool)
     other[0, 10:50, 5:35] = True
-    batch = collate([Sample(index=0, image=_images()[0], masks=masks), Sample(index=1, image=_images()[1], masks=other)])
+    images = _images()
+    batch = collate([Sample(index=0, image=images[0], masks=masks), Sample(index=1, image=images[1], masks=other)])
     carrying = LevelCarryingBackbone(**TINY, cache_dir=None)
     method = METHODS.get("sam_prompted")(sam=carrying, prompt="box", finetune="none")
     with torch.no_grad():
