@@ -9,6 +9,10 @@ Entries that cannot be trusted are misses (recomputed and rewritten): unreadable
 objects than a float32 tensor, and tensors whose shape differs from the one recorded in
 ``<namespace>/entry.json`` by the writes. A write that fails (disk full, read-only folder) logs
 one warning and turns the cache off for the rest of the run; the results are the same.
+
+An entry is the image embedding tensor alone (C×h×w), which is all of SAM v1's
+``ImageFeatures``; extra feature levels are not cached yet: a backbone with levels (SAM 2.1,
+HQ-SAM) must extend the entry (and its shape record) before it caches them.
 """
 
 from __future__ import annotations

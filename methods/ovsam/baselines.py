@@ -22,6 +22,7 @@ import torch
 
 from sambench import tasks
 from sambench.backbones.clip import ClipBackbone
+from sambench.backbones.interface import ImageFeatures
 from sambench.errors import ConfigError
 from sambench.method import SambenchMethod
 from .classifier import cosine_logits
@@ -142,16 +143,17 @@ class SamClipCropBaseline(SambenchMethod):
         return cached[1]
 
     # ----- masks ------------------------------------------------------------------------------
-    def segment(self, sample: Sample, embedding: torch.Tensor, prompts: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frozen SAM, N prompts -> (masks N×H×W bool at the original size, low-res logits N×256×256)."""
+    def segment(self, sample: Sample, features: ImageFeatures, prompts: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen SAM on one image's features (batch dim 1), N prompts -> (masks N×H×W bool at the
+        original size, low-res logits N×256×256)."""
         with torch.no_grad():
-            logits, iou, low_res = self.sam.predict(embedding, sample.size, multimask_output=self.multimask_output, **prompts)
+            logits, iou, low_res = self.sam.predict(features, sample.size, multimask_output=self.multimask_output, **prompts)
         rows = torch.arange(len(iou), device=iou.device)
         best = iou.argmax(dim=1)
         return logits[rows, best] > self.sam.mask_threshold, low_res[rows, best]
 
-    def _regions(self, sample: Sample, embedding: torch.Tensor, prompts: dict):
-        masks, low_res = self.segment(sample, embedding, prompts)
+    def _regions(self, sample: Sample, features: ImageFeatures, prompts: dict):
+        masks, low_res = self.segment(sample, features, prompts)
         with torch.no_grad():
             regions = self.region_embeddings(sample, masks, low_res)
         return masks, regions
@@ -161,14 +163,14 @@ class SamClipCropBaseline(SambenchMethod):
         """CoOp: cross-entropy of the region logits against the GT classes (masks from GT boxes)."""
         if self.coop is None:
             return super().training_step(batch)
-        embeddings = self.sam.embed_images([sample.image for sample in batch])
+        features = self.sam.embed_images([sample.image for sample in batch])
         groups: dict[tuple, tuple[list, list]] = {}  # (names, synonym lists) -> (regions, labels)
-        for sample, embedding in zip(batch, embeddings):
+        for sample, image_features in zip(batch, features):
             if sample.num_instances == 0:
                 continue
             keep = torch.argsort(sample.masks.flatten(1).sum(1), descending=True, stable=True)[: self.max_train_instances]
             prompts = {key: value[keep] for key, value in gt_prompts(sample, "box").items()}
-            _, regions = self._regions(sample, embedding[None], prompts)
+            _, regions = self._regions(sample, image_features, prompts)
             vocabulary = (tuple(self.vocabulary(sample)), _lists_key(self.synonym_lists(sample)))
             regions_list, labels = groups.setdefault(vocabulary, ([], []))
             regions_list.append(regions)
@@ -193,11 +195,11 @@ class SamClipCropBaseline(SambenchMethod):
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> list[Prediction]:
-        embeddings = self.sam.embed_images([sample.image for sample in batch])
+        features = self.sam.embed_images([sample.image for sample in batch])
         predict_one = self._predict_detections if self.detections is not None else self._predict_instances
-        return [predict_one(sample, embedding[None]) for sample, embedding in zip(batch, embeddings)]
+        return [predict_one(sample, image_features) for sample, image_features in zip(batch, features)]
 
-    def _predict_instances(self, sample: Sample, embedding: torch.Tensor) -> Prediction:
+    def _predict_instances(self, sample: Sample, features: ImageFeatures) -> Prediction:
         """One prediction per GT instance, prompted by its box or interior point."""
         if sample.num_instances == 0:
             h, w = sample.size
@@ -207,16 +209,16 @@ class SamClipCropBaseline(SambenchMethod):
             prompts = official_point_prompts(sample, self.sam.input_size(sample.size))
         else:
             prompts = gt_prompts(sample, self.prompt)
-        masks, regions = self._regions(sample, embedding, prompts)
+        masks, regions = self._regions(sample, features, prompts)
         labels, scores = self.classify(regions, self.vocabulary(sample), self.synonym_lists(sample))
         return Prediction(index=sample.index, masks=masks.cpu(), class_ids=labels.cpu(), scores=scores.cpu())
 
-    def _predict_detections(self, sample: Sample, embedding: torch.Tensor) -> Prediction:
+    def _predict_detections(self, sample: Sample, features: ImageFeatures) -> Prediction:
         """The detector's boxes as prompts; score = detector score × class probability."""
         boxes, box_scores = self.detections(sample.meta.get("image_id", sample.index))
         detections = []
         if len(boxes):
-            masks, regions = self._regions(sample, embedding, {"boxes": boxes})
+            masks, regions = self._regions(sample, features, {"boxes": boxes})
             labels, scores = self.classify(regions, self.vocabulary(sample), self.synonym_lists(sample))
             for box, box_score, label, score, mask in zip(boxes.tolist(), box_scores.tolist(), labels.tolist(),
                                                           scores.tolist(), masks.cpu()):

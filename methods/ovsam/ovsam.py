@@ -100,13 +100,13 @@ class Sam2Clip(SambenchMethod):
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         images = [sample.image for sample in batch]
-        teacher = self.sam.embed_images(images)
+        teacher = self.sam.embed_images(images).embedding  # the target is the embedding itself
         return {"loss_mse": F.mse_loss(self.student(images), teacher)}
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> list[Prediction]:
         images = [sample.image for sample in batch]
-        teacher, student = self.sam.embed_images(images), self.student(images).float()
+        teacher, student = self.sam.embed_images(images).embedding, self.student(images).float()
         predictions = []
         for sample, t, s in zip(batch, teacher, student):
             cosine = F.cosine_similarity(s, t, dim=0).mean()

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from sambench import tasks
-from sambench.backbones.interface import TWO_WAY_TRANSFORMER_FN
+from sambench.backbones.interface import TWO_WAY_TRANSFORMER_FN, ImageFeatures
 from sambench.checkpoint import save_atomic
 from sambench.errors import ConfigError
 from sambench.evaluation.instance_iou import mask_iou
@@ -94,15 +94,16 @@ class PerSAM(SambenchMethod):
         for PerSAM-F the fitted weights. Computed once per reference set, then cached."""
         key = tuple(ref.name for ref in sample.references)
         if key not in self._concepts:
-            embeddings = self.sam.embed_images([ref.image for ref in sample.references])
+            features = self.sam.embed_images([ref.image for ref in sample.references])
             fg = torch.cat([
-                foreground_features(emb, reference_cells(self.sam, ref.mask_rgb), ref.name)
-                for ref, emb in zip(sample.references, embeddings)
+                foreground_features(ref_features.embedding[0], reference_cells(self.sam, ref.mask_rgb), ref.name)
+                for ref, ref_features in zip(sample.references, features)
             ])
-            self._concepts[key] = self.build_concept(fg, sample, embeddings)
+            self._concepts[key] = self.build_concept(fg, sample, features)
         return self._concepts[key]
 
-    def build_concept(self, fg: torch.Tensor, sample: Sample, embeddings: torch.Tensor) -> Concept:
+    def build_concept(self, fg: torch.Tensor, sample: Sample, features: ImageFeatures) -> Concept:
+        """``fg`` K×256 foreground features of the references, ``features`` theirs (batch R)."""
         target_embedding = fg.mean(0, keepdim=True)
         return Concept(fg, target_embedding, normalise(target_embedding))
 
@@ -115,21 +116,22 @@ class PerSAM(SambenchMethod):
     # ----- inference --------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, batch: Batch) -> list[Prediction]:
-        embeddings = self.sam.embed_images([s.image for s in batch])
+        features = self.sam.embed_images([s.image for s in batch])
         predictions = []
-        for sample, embedding in zip(batch, embeddings):
+        for sample, image_features in zip(batch, features):
             concept = self.adapt(sample)
-            masks, fallbacks = self.segment_instances(concept, embedding, sample.size)
+            masks, fallbacks = self.segment_instances(concept, image_features, sample.size)
             predictions.append(Prediction(index=sample.index, masks=torch.stack(masks).cpu(), fallbacks=fallbacks))
         return predictions
 
-    def segment_instances(self, concept: Concept, embedding: torch.Tensor, size) -> tuple[list[torch.Tensor], int]:
-        """Up to ``max_instances`` H×W bool masks; returns (masks, number of empty-mask fallbacks)."""
-        sim = self.similarity(concept, embedding, size)
+    def segment_instances(self, concept: Concept, features: ImageFeatures, size) -> tuple[list[torch.Tensor], int]:
+        """One image's features (batch dim 1) -> up to ``max_instances`` H×W bool masks; returns
+        (masks, number of empty-mask fallbacks)."""
+        sim = self.similarity(concept, features.embedding[0], size)
         masks, fallbacks, found = [], 0, torch.zeros_like(sim, dtype=torch.bool)
         for _ in range(self.max_instances):
             search = sim.masked_fill(found, float(sim.min())) if masks else sim
-            mask, failed = self.segment(concept, embedding[None], size, search, negative_from=sim)
+            mask, failed = self.segment(concept, features, size, search, negative_from=sim)
             if masks and (not mask.any() or max(float(mask_iou(mask[None], m[None])) for m in masks) > self.instance_overlap):
                 break
             masks.append(mask)
@@ -146,17 +148,18 @@ class PerSAM(SambenchMethod):
             labels.append(torch.zeros(1, dtype=torch.long))
         return torch.cat(points)[None], torch.cat(labels)[None]
 
-    def segment(self, concept, embedding, size, sim, negative_from) -> tuple[torch.Tensor, int]:
-        """One instance: the guided first pass and the cascaded refinements -> (H×W mask, fallbacks)."""
+    def segment(self, concept, features, size, sim, negative_from) -> tuple[torch.Tensor, int]:
+        """One instance of the image whose ``features`` (batch dim 1, or its 1×256×64×64 embedding)
+        are given: the guided first pass and the cascaded refinements -> (H×W mask, fallbacks)."""
         points, labels = self.prompts(sim, negative_from)
         t = concept.target_embedding if self.semantic_prompt else None
         attn_sim = guidance(sim) if self.guided_attention else None
         fn = PerSAMTransformer(t, attn_sim, self.guidance_alpha) if (t is not None or attn_sim is not None) else None
-        logits, _, low = self.sam.predict(embedding, size, points, labels, multimask_output=False, transformer_fn=fn,
+        logits, _, low = self.sam.predict(features, size, points, labels, multimask_output=False, transformer_fn=fn,
                                           float64_coords=True)
-        return self.refine(embedding, size, points, labels, logits[0, 0], low[0, 0], box_first=False)
+        return self.refine(features, size, points, labels, logits[0, 0], low[0, 0], box_first=False)
 
-    def refine(self, embedding, size, points, labels, logits, low, box_first: bool) -> tuple[torch.Tensor, int]:
+    def refine(self, features, size, points, labels, logits, low, box_first: bool) -> tuple[torch.Tensor, int]:
         """Cascaded post-refinement from H×W ``logits`` and 256×256 ``low``: step 1 feeds the low-res
         logits back (with the mask's box when ``box_first``), step 2 adds the box of step 1's best
         mask; each keeps the highest predicted IoU. An empty mask skips its box (counted)."""
@@ -165,7 +168,7 @@ class PerSAM(SambenchMethod):
             wants_box = step == 2 or box_first
             box = mask_box(mask) if wants_box else None
             fallbacks += int(wants_box and box is None)
-            logits_m, iou, low_m = self.sam.predict(embedding, size, points, labels, boxes=box,
+            logits_m, iou, low_m = self.sam.predict(features, size, points, labels, boxes=box,
                                                     mask_inputs=low[None, None], multimask_output=True,
                                                     float64_coords=True)
             best = int(iou[0].argmax())
@@ -206,30 +209,33 @@ class PerSAMF(PerSAM):
         self.weights_dir = Path(weights_dir) if weights_dir else None
         self.save_dir = Path(run_dir) / "persam_f_weights" if run_dir else None
 
-    def build_concept(self, fg: torch.Tensor, sample: Sample, embeddings: torch.Tensor) -> Concept:
+    def build_concept(self, fg: torch.Tensor, sample: Sample, features: ImageFeatures) -> Concept:
         target = normalise((fg.max(0).values + fg.mean(0)) / 2)[None]
         concept = Concept(fg, fg.mean(0, keepdim=True), target)
-        concept.scale_weights = self.load_or_fit(concept, sample, embeddings)
+        concept.scale_weights = self.load_or_fit(concept, sample, features)
         return concept
 
     def concept_name(self, sample: Sample) -> str:
         return str(sample.meta.get("object") or "_".join(r.name for r in sample.references)).replace("/", "_")
 
-    def load_or_fit(self, concept: Concept, sample: Sample, embeddings: torch.Tensor) -> MaskScaleWeights:
+    def load_or_fit(self, concept: Concept, sample: Sample, features: ImageFeatures) -> MaskScaleWeights:
+        """The concept's weights from ``weights_dir``, else fitted on the references (``features``: theirs)."""
         name = self.concept_name(sample)
+        device = features.embedding.device
         if self.weights_dir and (self.weights_dir / f"{name}.pt").is_file():
             saved = load_weights_file(self.weights_dir / f"{name}.pt", "PerSAM-F weights saved by sambench")
-            weights = MaskScaleWeights().to(embeddings.device)
+            weights = MaskScaleWeights().to(device)
             weights.weights.data.copy_(saved["weights"])
             return weights.eval()
-        prompts = [self.reference_prompt(concept, ref, emb) for ref, emb in zip(sample.references, embeddings)]
-        targets = [torch.as_tensor(ref.mask, device=embeddings.device) for ref in sample.references]
+        prompts = [self.reference_prompt(concept, ref, ref_features.embedding[0])
+                   for ref, ref_features in zip(sample.references, features)]
+        targets = [torch.as_tensor(ref.mask, device=device) for ref in sample.references]
 
         @torch.no_grad()
         def decoder_maps() -> list[torch.Tensor]:
             """The frozen decoder's 3×H×W full-resolution logits on every reference."""
-            return [self.sam.predict(emb[None], size, points, labels, multimask_output=True, float64_coords=True)[0][0]
-                    for emb, (size, points, labels) in zip(embeddings, prompts)]
+            return [self.sam.predict(ref_features, size, points, labels, multimask_output=True, float64_coords=True)[0][0]
+                    for ref_features, (size, points, labels) in zip(features, prompts)]
 
         fitted = fit_scale_weights(decoder_maps() if self.precompute_decoder else decoder_maps, targets,
                                    **self.fit_options)
@@ -246,9 +252,9 @@ class PerSAMF(PerSAM):
         points, labels = self.prompts(similarity_map(self.sam, concept.target_feat, embedding, size), None)
         return size, points, labels
 
-    def segment(self, concept, embedding, size, sim, negative_from) -> tuple[torch.Tensor, int]:
+    def segment(self, concept, features, size, sim, negative_from) -> tuple[torch.Tensor, int]:
         """Weighted mix of the 3 outputs from the positive point, then two box refinements."""
         points, labels = self.prompts(sim, negative_from)
-        logits, _, low = self.sam.predict(embedding, size, points, labels, multimask_output=True, float64_coords=True)
+        logits, _, low = self.sam.predict(features, size, points, labels, multimask_output=True, float64_coords=True)
         weights = concept.scale_weights
-        return self.refine(embedding, size, points, labels, weights(logits[0]), weights(low[0]), box_first=True)
+        return self.refine(features, size, points, labels, weights(logits[0]), weights(low[0]), box_first=True)

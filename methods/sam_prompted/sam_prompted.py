@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from sambench import tasks
+from sambench.backbones.interface import ImageFeatures
 from sambench.errors import ConfigError
 from sambench.evaluation.instance_iou import mask_iou
 from sambench.losses import bce_loss, dice_loss
@@ -67,12 +68,12 @@ class SamPrompted(SambenchMethod):
             out["point_labels"] = torch.ones(out["points"].shape[:2], dtype=torch.long)
         return out
 
-    def _masks_for(self, sample: Sample, embedding: torch.Tensor, keep: torch.Tensor | None = None):
-        """Logits N×H×W (one mask per instance) and predicted IoU N."""
+    def _masks_for(self, sample: Sample, features: ImageFeatures, keep: torch.Tensor | None = None):
+        """One image's features (batch dim 1) -> logits N×H×W (one mask per instance) and predicted IoU N."""
         prompts = self.prompts(sample)
         if keep is not None:
             prompts = {k: v[keep] for k, v in prompts.items()}
-        logits, iou, _ = self.sam.predict(embedding, sample.size, multimask_output=self.multimask_output,
+        logits, iou, _ = self.sam.predict(features, sample.size, multimask_output=self.multimask_output,
                                           float64_coords=True, **prompts)  # scaled as SamPredictor.predict
         best = iou.argmax(dim=1)
         rows = torch.arange(len(best), device=best.device)
@@ -80,12 +81,12 @@ class SamPrompted(SambenchMethod):
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Dice + BCE at the original image size, mean over instances, then over images."""
-        embeddings = self.sam.embed_images([s.image for s in batch])
+        features = self.sam.embed_images([s.image for s in batch])
         dice, bce, iou_mse = [], [], []
-        for sample, embedding in zip(batch, embeddings):
+        for sample, image_features in zip(batch, features):
             areas = sample.masks.flatten(1).sum(1)
             keep = torch.argsort(areas, descending=True, stable=True)[: self.max_train_instances]
-            logits, predicted_iou = self._masks_for(sample, embedding[None], keep)
+            logits, predicted_iou = self._masks_for(sample, image_features, keep)
             target = sample.masks[keep].to(logits.device)
             dice.append(dice_loss(logits, target).mean())
             bce.append(bce_loss(logits, target).mean())
@@ -102,9 +103,9 @@ class SamPrompted(SambenchMethod):
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> list[Prediction]:
-        embeddings = self.sam.embed_images([s.image for s in batch])
+        features = self.sam.embed_images([s.image for s in batch])
         predictions = []
-        for sample, embedding in zip(batch, embeddings):
-            logits, scores = self._masks_for(sample, embedding[None])
+        for sample, image_features in zip(batch, features):
+            logits, scores = self._masks_for(sample, image_features)
             predictions.append(Prediction(index=sample.index, masks=(logits > self.sam.mask_threshold).cpu(), scores=scores.float().cpu()))
         return predictions

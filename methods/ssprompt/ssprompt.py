@@ -21,6 +21,7 @@ import torch
 
 from sambench import tasks
 from sambench.backbones.clip import ClipBackbone
+from sambench.backbones.interface import ImageFeatures
 from sambench.errors import ConfigError
 from sambench.method import SambenchMethod
 from sambench.backbones.clip_context import CoOpContext
@@ -79,11 +80,11 @@ class PromptLearningSegmenter(SambenchMethod):
         """C×D semantic prompt embeddings (CoOp: through the text encoder, every call)."""
         return self.coop(self.clip) if self.coop is not None else self.semantic()
 
-    def scores(self, embeddings: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-        """One image: SAM embedding 1×256×64×64, CLIP features D×g×g -> class scores C×256×256."""
+    def scores(self, sam_features: ImageFeatures, features: torch.Tensor) -> torch.Tensor:
+        """One image: SAM features (embedding 1×256×64×64), CLIP features D×g×g -> class scores C×256×256."""
         sparse = self.spatial()
-        dense = self.sam.no_mask_embedding(len(sparse), tuple(embeddings.shape[-2:]))
-        low_res, _ = self.sam.decode(embeddings, sparse, dense, multimask_output=False)  # Q×1×256×256
+        dense = self.sam.no_mask_embedding(len(sparse), tuple(sam_features.embedding.shape[-2:]))
+        low_res, _ = self.sam.decode(sam_features, sparse, dense, multimask_output=False)  # Q×1×256×256
         masks = low_res[:, 0]
         probabilities = class_probabilities(pooled_mask_features(masks, features), self.class_embeddings(),
                                             float(self.clip.clip.logit_scale.exp()))
@@ -103,20 +104,20 @@ class PromptLearningSegmenter(SambenchMethod):
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         pairs = [self._augment(sample) for sample in batch]
         images = [image for image, _ in pairs]
-        embeddings, features = self.sam.embed_images(images), self.clip.dense_features(images)
+        sam_features, features = self.sam.embed_images(images), self.clip.dense_features(images)
         losses = []
-        for (image, labels), embedding, feature in zip(pairs, embeddings, features):
-            target = self._target(labels.to(embedding.device), image.shape[:2])
-            losses.append(semantic_loss(self.scores(embedding[None], feature), target))
+        for (image, labels), image_features, feature in zip(pairs, sam_features, features):
+            target = self._target(labels.to(image_features.embedding.device), image.shape[:2])
+            losses.append(semantic_loss(self.scores(image_features, feature), target))
         return {"loss_ce": torch.stack(losses).mean()}
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> list[Prediction]:
         images = [sample.image for sample in batch]
-        embeddings, features = self.sam.embed_images(images), self.clip.dense_features(images)
+        sam_features, features = self.sam.embed_images(images), self.clip.dense_features(images)
         predictions = []
-        for sample, embedding, feature in zip(batch, embeddings, features):
-            scores = self.scores(embedding[None], feature).float()  # C×256×256
+        for sample, image_features, feature in zip(batch, sam_features, features):
+            scores = self.scores(image_features, feature).float()  # C×256×256
             full = low_res_to_image(scores, self.sam.input_size(sample.size), sample.size, self.sam.image_size)
             predictions.append(Prediction(index=sample.index, semantic=full.argmax(0).cpu()))
         return predictions

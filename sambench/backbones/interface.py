@@ -16,9 +16,12 @@ Why this shape fits the next backbones without any method changing:
   SAM2CLIP adapter then fail at compose time with a clear message instead of at run time).
 - HQ-SAM: its early and final ViT features are another ``levels`` entry and its HQ token one
   more output token inside ``decode``; masks, IoU and the extension points keep their shapes.
-- Open point: ``embed_images`` (the cached path most methods use) still returns the embedding
-  tensor; for those backbones it should return ``ImageFeatures`` (methods hand it to ``predict``
-  unchanged; PerSAM / SSPrompt / SAM2CLIP would read ``.embedding``).
+- Features travel whole: ``embed_images`` (the cached path most methods use) returns a batched
+  ``ImageFeatures``; a method takes image ``i``'s features as ``features[i]`` (batch dim 1) and
+  hands them to ``predict`` / ``decode`` unchanged, so levels a method never names still reach
+  the decoder. A method reads ``.embedding`` only where it does tensor math on the embedding
+  itself (PerSAM's similarity maps, SSPrompt's grid size, the SAM2CLIP teacher target), never
+  to feed the decoder.
 - Positional encodings (``image_pe``), the no-mask dense embedding, prompt encoding and pre/post-
   processing are asked for by grid size and coordinates, never by reaching into submodules.
 """
@@ -53,13 +56,36 @@ HIGH_RES_FEATURES = "high_res_features"
 CAPABILITIES = frozenset({TOKEN_INJECTION, EXTRA_OUTPUT_TOKENS, TWO_WAY_TRANSFORMER_FN, VIT_ENCODER, HIGH_RES_FEATURES})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ImageFeatures:
-    """What the image encoder produced: ``embedding`` B×C×h×w (SAM: 256×64×64 at 1024²) and any
-    extra feature levels by name (each B×…; empty for SAM v1)."""
+    """What the image encoder produced for B images: ``embedding`` B×C×h×w (SAM: 256×64×64 at
+    1024²) and any extra feature levels by name (each B×…; empty for SAM v1).
+
+    A batch of images, not a tensor: ``len`` is B, ``features[i]`` (and iteration) gives image
+    ``i``'s features with a leading batch dim of 1 (embedding 1×C×h×w, every level sliced alike),
+    ready for ``predict`` / ``decode``. Compared by identity (compare fields with ``torch.equal``).
+    """
 
     embedding: torch.Tensor
     levels: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.embedding.shape[0]
+
+    def __getitem__(self, i: int) -> ImageFeatures:
+        """Image ``i`` (negative counts from the end) -> embedding 1×C×h×w, levels 1×…"""
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"image {i} of a batch of {n}")
+        i %= n
+        return ImageFeatures(self.embedding[i:i + 1], {name: level[i:i + 1] for name, level in self.levels.items()})
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def to(self, device: torch.device | str) -> ImageFeatures:
+        """The same features on ``device`` (embedding and every level)."""
+        return ImageFeatures(self.embedding.to(device), {name: level.to(device) for name, level in self.levels.items()})
 
 
 @dataclass(frozen=True)
@@ -132,8 +158,9 @@ class SegmentationBackbone(nn.Module):
         """B×3×S×S -> the embedding plus any extra feature levels."""
         raise NotImplementedError
 
-    def embed_images(self, images: list[np.ndarray]) -> torch.Tensor:
-        """Frozen-encoder embeddings B×C×h×w of uint8 images (through the cache when enabled)."""
+    def embed_images(self, images: list[np.ndarray]) -> ImageFeatures:
+        """Frozen-encoder features of B uint8 images (embedding B×C×h×w float32 plus any levels),
+        through the cache when enabled; ``features[i]`` goes to ``predict`` / ``decode`` as it is."""
         raise NotImplementedError
 
     def drop_image_encoder(self, reason: str) -> None:

@@ -176,8 +176,9 @@ class SamBackbone(SegmentationBackbone):
         return ImageFeatures(run_image_encoder(encoder, pixels, block_fn))
 
     @torch.no_grad()
-    def embed_images(self, images: list[np.ndarray]) -> torch.Tensor:
-        """Frozen-encoder embeddings B×256×64×64 (float32), through the cache when enabled."""
+    def embed_images(self, images: list[np.ndarray]) -> ImageFeatures:
+        """Frozen-encoder features of B images: embedding B×256×64×64 (float32), no levels (SAM v1),
+        through the cache when enabled (the cache entry is the embedding tensor alone)."""
         out: list[torch.Tensor | None] = [None] * len(images)
         keys = [EmbeddingCache.image_key(img) for img in images] if self.cache else []
         for i, key in enumerate(keys):
@@ -188,7 +189,7 @@ class SamBackbone(SegmentationBackbone):
             out[i] = emb
             if self.cache:
                 self.cache.put(keys[i], emb)
-        return torch.stack([emb.to(self.device) for emb in out])
+        return ImageFeatures(torch.stack([emb.to(self.device) for emb in out]))
 
     # ----- prompts ----------------------------------------------------------------------------
     def image_pe(self, grid_hw: tuple[int, int]) -> torch.Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -22,6 +23,7 @@ from sambench.cli.build import check_config
 from sambench.errors import ConfigError
 from sambench.method import SambenchMethod
 from sambench.registry import METHODS, load_plugins
+from sambench.structures import Sample, collate
 
 TINY = dict(name="sam_tiny", variant="tiny", encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
             encoder_global_attn_indexes=[1], allow_random_init=True)
@@ -189,6 +191,95 @@ def test_decode_takes_image_features_or_the_embedding(backbone):
         a = backbone.decode(embedding, sparse, dense)
         b = backbone.decode(ImageFeatures(embedding), sparse, dense)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+# ----- ImageFeatures on the cached path -----------------------------------------------------------
+def _images() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), rng.integers(0, 256, (64, 40, 3), dtype=np.uint8)]
+
+
+def test_embed_images_returns_features_equal_to_the_tensor_path(backbone):
+    images = _images()
+    features = backbone.embed_images(images)
+    assert isinstance(features, ImageFeatures) and features.levels == {} and len(features) == 2
+    assert features.embedding.shape == (2, 256, 64, 64) and features.embedding.dtype == torch.float32
+    with torch.no_grad():
+        for i, image in enumerate(images):
+            assert torch.equal(features.embedding[i], backbone.encode(backbone.preprocess(image))[0])
+
+
+def test_cached_second_call_returns_equal_features(tmp_path):
+    sam = SamBackbone(**TINY, cache_dir=str(tmp_path))
+    first, second = sam.embed_images(_images()), sam.embed_images(_images())
+    assert (sam.cache.hits, sam.cache.misses) == (2, 2)
+    assert isinstance(second, ImageFeatures) and second.levels == {}
+    assert torch.equal(second.embedding, first.embedding)
+
+
+def test_indexing_gives_one_image_with_a_batch_dim_of_one():
+    embedding = torch.randn(3, 4, 2, 2)
+    levels = {"stride4": torch.randn(3, 2, 8, 8), "early": torch.randn(3, 5, 4, 4)}
+    features = ImageFeatures(embedding, levels)
+    assert len(features) == 3
+    for i in (0, 1, 2, -1):
+        one = features[i]
+        k = i % 3
+        assert isinstance(one, ImageFeatures) and len(one) == 1
+        assert one.embedding.shape == (1, 4, 2, 2) and torch.equal(one.embedding, embedding[k:k + 1])
+        assert set(one.levels) == set(levels)
+        assert all(one.levels[name].shape == (1, *level.shape[1:]) and torch.equal(one.levels[name], level[k:k + 1])
+                   for name, level in levels.items())
+    for out_of_range in (3, -4):
+        with pytest.raises(IndexError):
+            features[out_of_range]
+    assert [torch.equal(f.embedding, embedding[k:k + 1]) for k, f in enumerate(features)] == [True] * 3
+    moved = features.to("cpu")
+    assert torch.equal(moved.embedding, embedding) and torch.equal(moved.levels["early"], levels["early"])
+
+
+class LevelCarryingBackbone(SamBackbone):
+    """Stands in for SAM 2.1 / HQ-SAM: ``embed_images`` adds a feature level (image k's is all k),
+    ``decode`` records the level it receives, then decodes as SAM v1."""
+
+    LEVEL = "high_res"
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.received: list[torch.Tensor | None] = []
+
+    def embed_images(self, images):
+        features = super().embed_images(images)
+        level = torch.arange(len(images), dtype=torch.float32).reshape(-1, 1, 1, 1).expand(-1, 8, 16, 16)
+        return ImageFeatures(features.embedding, {self.LEVEL: level.contiguous()})
+
+    def decode(self, embedding, sparse, dense, multimask_output=False, transformer_fn=None):
+        self.received.append(embedding.levels.get(self.LEVEL) if isinstance(embedding, ImageFeatures) else None)
+        return super().decode(embedding, sparse, dense, multimask_output, transformer_fn)
+
+
+def test_an_extra_level_reaches_decode_through_an_unchanged_method():
+    """The property SAM 2.1 / HQ-SAM need: a method hands each image's features to ``predict``
+    whole, so a level it never names reaches the backbone's decoder, sliced to that image."""
+    load_plugins()
+    masks = torch.zeros(2, 48, 64, dtype=torch.bool)
+    masks[0, 5:20, 10:30], masks[1, 25:45, 30:60] = True, True
+    other = torch.zeros(1, 64, 40, dtype=torch.bool)
+    other[0, 10:50, 5:35] = True
+    images = _images()
+    batch = collate([Sample(index=0, image=images[0], masks=masks), Sample(index=1, image=images[1], masks=other)])
+    carrying = LevelCarryingBackbone(**TINY, cache_dir=None)
+    method = METHODS.get("sam_prompted")(sam=carrying, prompt="box", finetune="none")
+    with torch.no_grad():
+        predictions = method.predict(batch)
+    assert len(carrying.received) == 2
+    for k, level in enumerate(carrying.received):
+        assert level is not None and level.shape == (1, 8, 16, 16) and bool((level == k).all())
+    with torch.no_grad():
+        reference = METHODS.get("sam_prompted")(sam=SamBackbone(**TINY, cache_dir=None), prompt="box",
+                                                finetune="none").predict(batch)
+    for ours, ref in zip(predictions, reference):  # the level changes nothing else
+        assert torch.equal(ours.masks, ref.masks) and torch.equal(ours.scores, ref.scores)
 
 
 def test_encoder_spec_describes_the_vit(backbone):

@@ -90,19 +90,19 @@ def test_image_key():
 # ----- through the backbone ----------------------------------------------------------------------
 def test_hit_is_identical_to_computed_and_first_call(tmp_path, image, reference):
     model = backbone(tmp_path)
-    first = model.embed_images([image])
+    first = model.embed_images([image]).embedding
     assert (model.cache.hits, model.cache.misses) == (0, 1)
     assert torch.equal(first[0], reference)
     file = model.cache.path(EmbeddingCache.image_key(image))
     assert file.is_file()
 
-    second = model.embed_images([image])
+    second = model.embed_images([image]).embedding
     assert (model.cache.hits, model.cache.misses) == (1, 1)
     assert torch.equal(second, first)
 
     # a new backbone (e.g. the next run) reads it from disk
     again = backbone(tmp_path)
-    third = again.embed_images([image])
+    third = again.embed_images([image]).embedding
     assert (again.cache.hits, again.cache.misses) == (1, 0)
     assert torch.equal(third, first)
 
@@ -111,7 +111,7 @@ def test_hit_is_served_from_disk_not_recomputed(tmp_path, image):
     model = backbone(tmp_path)
     sentinel = torch.full((256, 64, 64), 7.0)
     model.cache.put(EmbeddingCache.image_key(image), sentinel)
-    out = model.embed_images([image])
+    out = model.embed_images([image]).embedding
     assert torch.equal(out[0], sentinel)
     assert (model.cache.hits, model.cache.misses) == (1, 0)
 
@@ -120,12 +120,12 @@ def test_mixed_batch_keeps_order_and_counts(tmp_path, image, reference):
     model = backbone(tmp_path)
     model.cache.put(EmbeddingCache.image_key(image), reference)
     other = make_image(seed=2)
-    out = model.embed_images([other, image])
+    out = model.embed_images([other, image]).embedding
     assert (model.cache.hits, model.cache.misses) == (1, 1)
     assert torch.equal(out[1], reference)
     assert not torch.allclose(out[0], out[1])
     assert len(all_files(model.cache.folder)) == 2
-    swapped = model.embed_images([image, other])
+    swapped = model.embed_images([image, other]).embedding
     assert torch.equal(swapped, out.flip(0))
     assert (model.cache.hits, model.cache.misses) == (3, 1)
 
@@ -136,7 +136,7 @@ def test_different_images_different_entries(tmp_path, image, reference):
     changed = image.copy()
     changed[0, 0, 0] ^= 1
     assert EmbeddingCache.image_key(image) != EmbeddingCache.image_key(changed)
-    out = model.embed_images([changed])
+    out = model.embed_images([changed]).embedding
     assert (model.cache.hits, model.cache.misses) == (0, 1)
     assert len(all_files(model.cache.folder)) == 2
     assert not torch.equal(out[0], reference)
@@ -157,10 +157,10 @@ def test_other_weights_do_not_reuse_entries(tmp_path, image, reference):
     seed0 = backbone(tmp_path)
     seed1 = backbone(tmp_path, init_seed=1)
     seed0.cache.put(EmbeddingCache.image_key(image), reference)
-    e1 = seed1.embed_images([image])
+    e1 = seed1.embed_images([image]).embedding
     assert (seed1.cache.hits, seed1.cache.misses) == (0, 1)
     assert not torch.allclose(e1[0], reference)
-    assert torch.equal(seed0.embed_images([image])[0], reference)  # seed 0's entry is untouched
+    assert torch.equal(seed0.embed_images([image]).embedding[0], reference)  # seed 0's entry is untouched
     assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 2
 
 
@@ -223,12 +223,12 @@ def test_corrupt_entry_is_recomputed_and_rewritten(tmp_path, image, reference, h
     model.cache.put(EmbeddingCache.image_key(image), reference)
     _corrupt(file, how)
 
-    out = model.embed_images([image])
+    out = model.embed_images([image]).embedding
     assert (model.cache.hits, model.cache.misses) == (0, 1)
     assert torch.equal(out[0], reference)
     # rewritten: loadable and equal, and the next call is a hit
     assert torch.equal(torch.load(file, map_location="cpu", weights_only=True), reference)
-    assert torch.equal(model.embed_images([image])[0], reference)
+    assert torch.equal(model.embed_images([image]).embedding[0], reference)
     assert (model.cache.hits, model.cache.misses) == (1, 1)
     assert [p.name for p in all_files(tmp_path)] == [file.name]  # no temporary files left
 
@@ -241,7 +241,7 @@ def test_entry_of_the_wrong_shape_is_recomputed(tmp_path, image, reference):
     model.cache.put(key, reference)
     assert model.cache.expected_shape() == tuple(reference.shape)
     torch.save(torch.zeros(256, 32, 32), model.cache.path(key))
-    out = model.embed_images([image, image])
+    out = model.embed_images([image, image]).embedding
     assert out.shape == (2, *reference.shape) and torch.equal(out[0], reference)
     assert model.cache.corrupt >= 1
     torch.save(reference.double(), model.cache.path(key))
@@ -259,7 +259,7 @@ def test_failed_cache_write_warns_once_and_continues(tmp_path, image, reference,
 
     monkeypatch.setattr(torch, "save", full_disk)
     with caplog.at_level("WARNING", logger="sambench.cache"):
-        out = model.embed_images([image, image[::-1].copy()])
+        out = model.embed_images([image, image[::-1].copy()]).embedding
     assert torch.equal(out[0], reference)  # the evaluation goes on with computed embeddings
     warnings = [r for r in caplog.records if "continuing without caching" in r.getMessage()]
     assert len(warnings) == 1 and not model.cache.writable

@@ -69,7 +69,7 @@ def test_perseg_red_128_erodes_compared_to_white(sam):
 
 
 def test_empty_reference_is_a_clear_error(sam):
-    embedding = sam.embed_images([image()])[0]
+    embedding = sam.embed_images([image()]).embedding[0]
     with pytest.raises(DatasetError, match="cat/00"):
         foreground_features(embedding, reference_cells(sam, np.zeros((60, 80, 3), np.uint8)), "cat/00")
 
@@ -96,7 +96,7 @@ def test_guidance_is_zscored_resized_sigmoid():
 
 
 def test_similarity_map_is_cosine_upsampled_and_postprocessed(sam):
-    embedding = sam.embed_images([image()])[0]
+    embedding = sam.embed_images([image()]).embedding[0]
     target = F.normalize(torch.randn(1, 256), dim=-1)
     sim = similarity_map(sam, target, embedding, (60, 80))
     cosine = (target @ F.normalize(embedding, dim=0).reshape(256, -1)).reshape(1, 1, 64, 64)
@@ -105,7 +105,7 @@ def test_similarity_map_is_cosine_upsampled_and_postprocessed(sam):
 
 
 def test_local_map_is_the_mean_of_per_cell_maps(sam):
-    embedding = sam.embed_images([image()])[0]
+    embedding = sam.embed_images([image()]).embedding[0]
     fg = torch.randn(5, 256)
     maps = [similarity_map(sam, F.normalize(f[None], dim=-1), embedding, (60, 80)) for f in fg]
     assert torch.allclose(local_similarity_map(sam, fg, embedding, (60, 80)), torch.stack(maps).mean(0), atol=1e-5)
@@ -258,7 +258,7 @@ def test_few_shot_pools_the_reference_features(sam):
     method = METHODS.get("persam")(sam=sam)
     two = sample(references=2)
     concept = method.adapt(two)
-    embeddings = sam.embed_images([r.image for r in two.references])
+    embeddings = sam.embed_images([r.image for r in two.references]).embedding
     fg = torch.cat([foreground_features(e, reference_cells(sam, r.mask_rgb)) for r, e in zip(two.references, embeddings)])
     assert torch.allclose(concept.target_embedding, fg.mean(0, keepdim=True))
     assert concept.fg_features.shape[0] == 2 * reference_cells(sam, square_mask()).sum()

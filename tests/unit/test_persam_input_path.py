@@ -109,10 +109,10 @@ def test_reference_cells_equal_numpy(sam, obj):
 def scene(sam):
     """A landscape crop of cat/01 and the target feature of cat/00's reference."""
     image = np.ascontiguousarray(photo("cat", "01")[:190])
-    ref_embedding = sam.embed_images([photo("cat", "00")])[0]
+    ref_embedding = sam.embed_images([photo("cat", "00")]).embedding[0]
     fg = ref_embedding.permute(1, 2, 0)[reference_cells(sam, mask_rgb("cat", "00"))]
     target = fg.mean(0, keepdim=True)
-    return image, sam.embed_images([image])[0], target / target.norm(dim=-1, keepdim=True)
+    return image, sam.embed_images([image]).embedding[0], target / target.norm(dim=-1, keepdim=True)
 
 
 def test_similarity_map_equals_numpy(sam, scene):

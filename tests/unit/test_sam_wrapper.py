@@ -45,7 +45,7 @@ class _Scene:
     def __init__(self, backbone: SamBackbone, shape: tuple[int, int]):
         self.shape = shape
         self.image = make_image(shape, seed=shape[0] * 1000 + shape[1])
-        self.embedding = backbone.embed_images([self.image])  # 1×256×64×64
+        self.embedding = backbone.embed_images([self.image]).embedding  # 1×256×64×64
         self.predictor = SamPredictor(backbone._raw_sam())
         self.predictor.set_image(self.image)
 
