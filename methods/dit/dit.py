@@ -62,16 +62,14 @@ class TextInstructedSam(SambenchMethod):
 
     TASK = tasks.REFERRING
     REQUIRES = frozenset({TOKEN_INJECTION})
-    INJECTION = "none"
 
     def __init__(
-        self, *, sam, text_encoder: dict | None = None, injection: str | None = None, train_image_encoder: bool = True,
+        self, *, sam, text_encoder: dict | None = None, injection: str = "none", train_image_encoder: bool = True,
         attention: str = "global", mask_text_padding: bool = False, projection_dropout: float = 0.1,
         extra_decoder_layers: int = 0, image_size: int = 512, threshold: float = 0.35, augment: dict | None = None,
         image_pipeline: str = "official", official_checkpoint: str | None = None,
     ):
         super().__init__()
-        injection = injection or self.INJECTION
         if injection not in INJECTIONS:
             raise ConfigError(f"unknown method.injection '{injection}'; valid: {', '.join(INJECTIONS)}")
         if attention not in ATTENTION:
@@ -147,7 +145,7 @@ class TextInstructedSam(SambenchMethod):
     def official_files(self, *, name: str, backbone: str, dataset: str, ddp_prefix: bool = False) -> dict[str, dict]:
         """``dit_<name>.pth`` (``{'epoch', 'state_dict', 'lr'}``) for L-DIT / E-DIT; the text-prompt
         baselines have no released layout."""
-        if self.INJECTION == "none":
+        if self.injection is None:  # text only as decoder prompts
             return super().official_files(name=name, backbone=backbone, dataset=dataset, ddp_prefix=ddp_prefix)
         return {f"dit_{name}.pth": export_official_dit(self, ddp_prefix=ddp_prefix)}
 
@@ -169,7 +167,6 @@ register_preset(METHODS, "sam_text", TextInstructedSam, defaults=dict(injection=
 class SamTextDecoderLayers(TextInstructedSam):
     """Default SAM with text and 2 (default) or 4 extra decoder layers."""
 
-    INJECTION = "none"
     REQUIRES = frozenset({TOKEN_INJECTION, TWO_WAY_TRANSFORMER_FN})
 
     def __init__(self, *, extra_decoder_layers: int = 2, **kwargs):

@@ -155,6 +155,7 @@ def test_every_valid_method_dataset_pair_instantiates(method, dataset, tmp_path)
         assert metrics.get("num_images", metrics.get("num_samples")) == 1
 
 
+@pytest.mark.slow  # official-size models (ViT-H, RN50x16) built with random weights
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_builds_its_method(experiment, tmp_path):
     """Experiments name official backbones: build them with random weights (no files here)."""

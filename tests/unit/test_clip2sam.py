@@ -102,6 +102,7 @@ def test_bad_options_are_refused():
         build(allow_untrained=False)
 
 
+@pytest.mark.slow
 def test_one_training_step_lowers_the_loss_and_moves_only_stage_two(coco):
     _, train, _ = coco
     model = build(flip=0.0, scale_range=(1.0, 1.0))
@@ -184,6 +185,7 @@ def test_mask_boxes_vectorised():
     assert mask_boxes(torch.zeros(0, 4, 4, dtype=torch.bool)).shape == (0, 4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prompt", ["box", "point"])
 def test_predict_gives_one_labelled_mask_per_instance(coco, prompt):
     _, _, evaluation = coco
@@ -201,6 +203,7 @@ def test_predict_gives_one_labelled_mask_per_instance(coco, prompt):
     assert metrics["num_instances"] == sum(s.num_instances for s in batch) and 0 <= metrics["Acc"] <= 100
 
 
+@pytest.mark.slow
 def test_ensemble_uses_the_novel_flags_and_the_clip_branch(coco):
     _, _, evaluation = coco
     sample = evaluation[0]
@@ -221,6 +224,7 @@ def test_ensemble_uses_the_novel_flags_and_the_clip_branch(coco):
     assert torch.equal(labels, q[:, :-1].argmax(-1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("frame", ["input", "original"])
 def test_clip_branch_pools_the_gt_boxes_in_the_chosen_frame(coco, frame):
     """Official: the frozen-CLIP branch pools each instance's GT box (also with point prompts);
@@ -259,6 +263,7 @@ def test_ensemble_falls_back_to_q_where_the_mask_misses_the_clip_grid(coco):
     assert torch.allclose(scores[1], qs[1].max()) and int(labels[1]) == int(qs[1].argmax())
 
 
+@pytest.mark.slow
 def test_detections_prompts_give_mask_ap(coco, tmp_path):
     root, _, evaluation = coco
     gt = json.loads((root / "annotations/instances_val2017.json").read_text())

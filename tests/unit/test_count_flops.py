@@ -3,6 +3,8 @@ sizes (SAM ViT-H, CLIP RN50x16, 1024², 10 box prompts), on the meta device."""
 
 from __future__ import annotations
 
+import pytest
+
 import torch
 from sambench.testing import run_tool
 
@@ -27,6 +29,7 @@ def test_measured_cost_is_the_papers_table_1():
     assert measure(prompts=1)["image_crop"]["gmacs"] < results["image_crop"]["gmacs"]  # one CLIP crop per prompt
 
 
+@pytest.mark.slow
 def test_the_tool_prints_the_table(tmp_path):
     result = run_tool("tools/count_flops.py", "--prompts", "2", "--json", str(tmp_path / "flops.json"))
     assert result.returncode == 0, result.stderr[-2000:]

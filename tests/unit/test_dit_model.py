@@ -194,6 +194,7 @@ def referring_batch() -> Batch:
     return Batch(samples)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["dit_layerwise", "dit_e2e", "sam_text", "sam_text_declayers"])
 def test_a_few_training_steps_lower_the_loss_on_a_fixed_batch(name):
     model = build(name, augment=NO_AUGMENT, **({"projection_dropout": 0.0} if name.startswith("dit") else {}))

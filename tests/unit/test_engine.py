@@ -47,6 +47,7 @@ def trained_params(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in trainer.params.items()}
 
 
+@pytest.mark.slow
 def test_resume_gives_identical_parameters(tmp_path):
     """N steps straight == k steps, stop, resume to N (crossing an epoch boundary)."""
     straight = make_trainer(tmp_path / "a", tmp_path / "cache", max_steps=5)
@@ -100,6 +101,7 @@ def test_bad_checkpoint_files_are_clear_errors(tmp_path, content):
         load_checkpoint(bad)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_matches_larger_batch(tmp_path):
     """2 micro-batches of 1 == 1 batch of 2 (losses are means over samples)."""
     big = make_trainer(tmp_path / "a", tmp_path / "cache", max_steps=2, batch_size=2)
@@ -110,6 +112,7 @@ def test_gradient_accumulation_matches_larger_batch(tmp_path):
     assert all(torch.allclose(a[n], b[n], atol=1e-6) for n in a)
 
 
+@pytest.mark.slow
 def test_ema_is_used_for_evaluation_and_restored(tmp_path):
     trainer = make_trainer(tmp_path, tmp_path / "cache", max_steps=2, ema={"decay": 0.5})
     trainer.fit()

@@ -103,6 +103,7 @@ def full_disk_on_call(n: int):
     return save
 
 
+@pytest.mark.slow
 def test_full_disk_at_a_checkpoint_names_the_file_and_keeps_the_previous(tmp_path, monkeypatch):
     trainer = make_trainer(tmp_path / "run", tmp_path / "cache", max_steps=2, checkpoint={"every": 1})
     monkeypatch.setattr(torch, "save", full_disk_on_call(2))
