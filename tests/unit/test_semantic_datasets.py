@@ -540,8 +540,11 @@ def test_config_keys_are_the_constructor_keys(name):
     for key, value in cfg.few_shot.items():
         assert value == wrapper[key].default, key
     values = OmegaConf.to_container(cfg)
+    split_names = dict(zip(("train_split", "eval_split"), cls.SPLIT_NAMES))  # what a None default reads
     for key in set(values) - {"name", "root", "few_shot"}:
         default = parameters[key].default
+        if default is None and key in split_names:
+            default = split_names[key]
         assert values[key] == (list(default) if isinstance(default, tuple) else default), key
     assert values["root"].startswith("${oc.env:SAMBENCH_DATA,data}/")
     for line in path.read_text().splitlines():
