@@ -3,7 +3,7 @@
 Markers (``setup.cfg``): ``needs_shared`` tests read ``../shared/data`` and are skipped, with that
 reason, when the folder is absent; ``distributed`` tests start torchrun; ``slow`` tests take more
 than a few seconds. ``make test-fast`` runs ``-m "not slow and not distributed"``; ``make test``
-runs everything. Helpers (tiny SAM, synthetic data, ``run_tool``) live in ``sambench.testing``.
+runs everything. Helpers (tiny SAM, synthetic data, ``run_job``, ``run_tool``) live in ``sambench.testing``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sambench.testing import SHARED_DATA, run_tool
+from sambench.testing import SHARED_DATA, run_job
 
 
 def pytest_collection_modifyitems(config, items):
@@ -44,10 +44,10 @@ def _isolated_environment(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """A run folder of the embedded default trained long enough to predict real masks
-    (sam_prompted, tiny SAM, 5 generated images, 20 steps)."""
+    (sam_prompted, tiny SAM, 5 generated images, 20 steps), trained in-process (``tools/train.py``'s job)."""
     run_dir = tmp_path_factory.mktemp("trained") / "run"
-    result = run_tool(
-        "tools/train.py", "dataset.num_images=5", "trainer.max_steps=20", "trainer.device=cpu",
+    result = run_job(
+        "train", "dataset.num_images=5", "trainer.max_steps=20", "trainer.device=cpu",
         f"hydra.run.dir={run_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -67,11 +67,11 @@ def seconds(value) -> float:
     return timeout
 
 
-def check_overrides(config_name: str, argv: list[str]) -> dict:
+def compose_checked(config_name: str, argv: list[str]) -> DictConfig:
     """Compose once before Hydra does, so its own errors (override syntax, keys not in the
     config, missing defaults) become one ``error:`` line and exit 2 like every user error.
-    Then the typed checks of :func:`check_config`. Returns the composed ``trainer.device`` and
-    ``trainer.collective_timeout`` (the process group needs them before Hydra runs)."""
+    Then the typed checks of :func:`check_config`. Returns the config with its ``hydra`` node
+    (the run folder is left unresolved: it holds the run stamp)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -80,26 +80,35 @@ def check_overrides(config_name: str, argv: list[str]) -> dict:
         with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name, overrides=argv, return_hydra_config=True)
         check_config(cfg)  # before Hydra makes the run folder: a bad value leaves nothing behind
-        return {key: cfg.trainer.get(key) for key in ("device", "collective_timeout")}
+        return cfg
     except (HydraException, OmegaConfBaseException) as exc:  # also a value that cannot be resolved
         lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.startswith("    ")]
         raise ConfigError(" ".join(lines[:3]) or type(exc).__name__) from None
 
 
-def prepare(config_name: str, argv: list[str]) -> None:
-    """Checks, the process group (set up once, from the composed config) and the run stamp.
+def check_overrides(config_name: str, argv: list[str]) -> dict:
+    """The composed ``trainer.device`` and ``trainer.collective_timeout`` (the process group
+    needs them before Hydra runs), after the checks of :func:`compose_checked`."""
+    cfg = compose_checked(config_name, argv)  # check_config resolved the trainer section
+    return {key: cfg.trainer.get(key) for key in ("device", "collective_timeout")}
+
+
+def prepare(config_name: str, argv: list[str]) -> DictConfig | None:
+    """Checks, the process group (set up once, from the composed config) and the run stamp;
+    returns the composed config (``sambench.testing.run_job`` runs the job on it in-process).
     Command lines with flags (``-m``, ``--cfg``, ``--help``, ...) are left to Hydra, which
-    composes them its own way: they run without torchrun only (no process group)."""
+    composes them its own way: they run without torchrun only (no process group; None)."""
     check_group_choices(argv)
     if any(arg.startswith("-") for arg in argv):
         if dist.launched_by_torchrun():
             flags = " ".join(a for a in argv if a.startswith("-"))
             raise ConfigError(f"command-line flags ({flags}) cannot be used under torchrun: the process group is set "
                               "up from the config composed before Hydra runs; pass key=value overrides only")
-        return
-    trainer = check_overrides(config_name, argv)
-    dist.init_distributed(trainer["device"] or "auto", seconds(trainer["collective_timeout"]))
+        return None
+    cfg = compose_checked(config_name, argv)
+    dist.init_distributed(cfg.trainer.get("device") or "auto", seconds(cfg.trainer.get("collective_timeout")))
     _stamp["value"] = dist.broadcast_object(_stamp_resolver())
+    return cfg
 
 
 def user_error_line(exc: BaseException) -> str:
@@ -110,8 +119,13 @@ def user_error_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def error_line(exc: BaseException) -> str:
+    """What a user error prints before the exit with status 2."""
+    return f"error: {user_error_line(exc)}"
+
+
 def fail(exc: BaseException) -> None:
-    print(f"error: {user_error_line(exc)}", file=sys.stderr, flush=True)
+    print(error_line(exc), file=sys.stderr, flush=True)
     raise SystemExit(EXIT_USER_ERROR)
 
 

@@ -1,5 +1,8 @@
 """Test support shipped with the library: synthetic datasets in the real on-disk layouts
-(``*_synthetic.py``), the tiny SAM preset and a runner for the command-line tools.
+(``*_synthetic.py``), the tiny SAM preset and two runners for the command-line tools:
+:func:`run_job` runs the ``train``/``eval`` job in the test process (tests of results, files and
+metrics), :func:`run_tool` starts ``python tools/<script>`` (the command-line contract: argv,
+Hydra's own handling, exit codes, torchrun, tools that are not Hydra jobs).
 
 Tests import these from here (never from ``conftest``). ``needs_shared`` marks a test that
 reads ``../shared/data``; ``tests/conftest.py`` skips it, saying why, when the folder is absent.
@@ -15,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from sambench import REPO_ROOT
+from sambench.testing.in_process import JobResult, run_job  # noqa: F401  (re-exported)
 
 REPO = REPO_ROOT
 #: Small real data samples beside the checkout (``../shared/data``; may be a symlink or absent).

@@ -1,4 +1,9 @@
-"""The command-line tools end to end: outputs of a run, eval of a run folder, clear errors."""
+"""The command-line tools end to end: outputs of a run, eval of a run folder, clear errors.
+
+``tools/train.py`` and ``tools/eval.py`` run as processes where the process is what a test checks
+(train then eval end to end, argv and Hydra handling, ``traceback=true``, wandb's own processes);
+results and user errors raised by the jobs are checked on in-process runs (``run_job``: the same
+checks, job and ``error:`` line, without a new interpreter per run)."""
 
 from __future__ import annotations
 
@@ -7,11 +12,24 @@ import json
 import pytest
 import torch
 import yaml
-from sambench.testing import SHARED_DATA, needs_shared, run_tool
+from sambench.testing import SHARED_DATA, needs_shared, run_job, run_tool
 
 pytestmark = pytest.mark.slow
 
 TINY = ["trainer.device=cpu"]
+
+
+def test_train_then_eval_tools_end_to_end(tmp_path):
+    """The two tools as processes: a run folder from tools/train.py, evaluated by tools/eval.py."""
+    run, out = tmp_path / "run", tmp_path / "eval"
+    result = run_tool("tools/train.py", *TINY, "dataset.num_images=2", "trainer.max_steps=1", f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = json.loads((run / "metrics.json").read_text())
+    assert trained["step"] == 1 and (run / "checkpoints" / "last.pt").is_file()
+    result = run_tool("tools/eval.py", *TINY, "dataset.num_images=2", f"ckpt={run}", f"hydra.run.dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluated = json.loads((out / "metrics.json").read_text())
+    assert evaluated["mIoU"] == pytest.approx(trained["mIoU"], abs=1e-9) and evaluated["num_images"] == 2
 
 
 def test_train_run_folder_contents(trained_run):
@@ -67,7 +85,7 @@ def test_unknown_method_lists_choices_and_closest(tmp_path):
 
 def test_missing_checkpoint_file(tmp_path):
     missing = tmp_path / "nope.pt"
-    result = run_tool("tools/eval.py", *TINY, f"ckpt={missing}", f"hydra.run.dir={tmp_path / 'r'}")
+    result = run_job("eval", *TINY, f"ckpt={missing}", f"hydra.run.dir={tmp_path / 'r'}")
     assert_user_error(result, str(missing))
 
 
@@ -75,20 +93,20 @@ def test_missing_checkpoint_file(tmp_path):
 def test_bad_backbone_checkpoint(tmp_path, content, expected):
     bad = tmp_path / "sam.pth"
     bad.write_bytes(content)
-    result = run_tool("tools/eval.py", *TINY, f"backbone.checkpoint={bad}", f"hydra.run.dir={tmp_path / 'r'}")
+    result = run_job("eval", *TINY, f"backbone.checkpoint={bad}", f"hydra.run.dir={tmp_path / 'r'}")
     assert_user_error(result, str(bad), expected)
 
 
 def test_official_backbone_without_weights_says_what_to_download(tmp_path):
-    result = run_tool("tools/eval.py", *TINY, "backbone=sam_vit_b", f"backbone.checkpoint={tmp_path / 'x.pth'}",
-                      f"hydra.run.dir={tmp_path / 'r'}")
+    result = run_job("eval", *TINY, "backbone=sam_vit_b", f"backbone.checkpoint={tmp_path / 'x.pth'}",
+                     f"hydra.run.dir={tmp_path / 'r'}")
     assert_user_error(result, str(tmp_path / "x.pth"), "sam_vit_b_01ec64.pth")
 
 
 def test_wrong_data_root(tmp_path):
     root = tmp_path / "no_coco"
-    result = run_tool("tools/eval.py", *TINY, "dataset=coco_instances", f"dataset.root={root}",
-                      f"hydra.run.dir={tmp_path / 'r'}")
+    result = run_job("eval", *TINY, "dataset=coco_instances", f"dataset.root={root}",
+                     f"hydra.run.dir={tmp_path / 'r'}")
     assert_user_error(result, str(root))
 
 
@@ -104,8 +122,8 @@ def test_unreadable_image(tmp_path):
         "categories": [{"id": 1, "name": "thing", "supercategory": "thing"}],
     }
     (root / "annotations" / "instances_val2017.json").write_text(json.dumps(annotations))
-    result = run_tool("tools/eval.py", *TINY, "dataset=coco_instances", f"dataset.root={root}",
-                      f"hydra.run.dir={tmp_path / 'r'}")
+    result = run_job("eval", *TINY, "dataset=coco_instances", f"dataset.root={root}",
+                     f"hydra.run.dir={tmp_path / 'r'}")
     assert_user_error(result, "000000000001.jpg")
 
 
@@ -119,8 +137,8 @@ def test_traceback_flag_shows_the_trace(tmp_path):
 def test_coco_tiny_zero_shot_eval(tmp_path):
     """The generic COCO adapter on the real sample: every val instance gets one mask."""
     out = tmp_path / "coco"
-    result = run_tool("tools/eval.py", *TINY, "dataset=coco_instances", f"dataset.root={SHARED_DATA / 'coco_tiny'}",
-                      "dataset.max_images=4", "method.finetune=none", f"hydra.run.dir={out}")
+    result = run_job("eval", *TINY, "dataset=coco_instances", f"dataset.root={SHARED_DATA / 'coco_tiny'}",
+                     "dataset.max_images=4", "method.finetune=none", f"hydra.run.dir={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_images"] == 4 and metrics["num_instances"] > 4

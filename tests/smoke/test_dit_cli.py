@@ -9,7 +9,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from sambench.testing import TINY_SAM, run_tool
+from sambench.testing import TINY_SAM, run_job, run_tool
 
 from sambench.backbones.sam import SamBackbone
 from sambench.testing.refcoco_synthetic import write_synthetic_refcoco
@@ -31,8 +31,8 @@ def refer_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dit_run(refer_root, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("dit") / "run"
-    result = run_tool("tools/train.py", "method=dit_layerwise", f"dataset.root={refer_root}", "trainer.max_steps=4",
-                      "trainer.optim.lr=1e-3", *TINY, f"hydra.run.dir={run_dir}")
+    result = run_job("train", "method=dit_layerwise", f"dataset.root={refer_root}", "trainer.max_steps=4",
+                     "trainer.optim.lr=1e-3", *TINY, f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 
@@ -49,28 +49,28 @@ def test_training_writes_ema_checkpoint_and_metrics(dit_run):
 
 def test_eval_contract_uses_the_ema_weights(dit_run, refer_root, tmp_path):
     out = tmp_path / "eval"
-    result = run_tool("tools/eval.py", "method=dit_layerwise", "dataset=refcoco", "split=val", f"dataset.root={refer_root}",
-                      f"ckpt={dit_run}", *TINY, f"hydra.run.dir={out}")
+    result = run_job("eval", "method=dit_layerwise", "dataset=refcoco", "split=val", f"dataset.root={refer_root}",
+                     f"ckpt={dit_run}", *TINY, f"hydra.run.dir={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert RIS_KEYS <= set(metrics)
     trained = json.loads((dit_run / "metrics.json").read_text())
     assert metrics["oIoU"] == pytest.approx(trained["oIoU"]) and metrics["num_samples"] == trained["num_samples"]
     raw = tmp_path / "raw"
-    result = run_tool("tools/eval.py", "method=dit_layerwise", f"dataset.root={refer_root}", f"ckpt={dit_run}",
-                      "use_ema=false", *TINY, f"hydra.run.dir={raw}")
+    result = run_job("eval", "method=dit_layerwise", f"dataset.root={refer_root}", f"ckpt={dit_run}",
+                     "use_ema=false", *TINY, f"hydra.run.dir={raw}")
     assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_split_selects_the_named_split_and_rejects_unknown_ones(refer_root, tmp_path):
     out = tmp_path / "testA"
-    result = run_tool("tools/eval.py", "method=sam_text", "split=testA", f"dataset.root={refer_root}", *TINY, f"hydra.run.dir={out}")
+    result = run_job("eval", "method=sam_text", "split=testA", f"dataset.root={refer_root}", *TINY, f"hydra.run.dir={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     refs = pickle.loads((refer_root / "refcoco" / "refs(unc).p").read_bytes())  # our own generated file
     expected = sum(len(r["sentences"]) for r in refs if "A" in r["split"])
     assert json.loads((out / "metrics.json").read_text())["num_samples"] == expected
-    bad = run_tool("tools/eval.py", "method=sam_text", "split=testC", f"dataset.root={refer_root}", *TINY,
-                   f"hydra.run.dir={tmp_path / 'bad'}")
+    bad = run_job("eval", "method=sam_text", "split=testC", f"dataset.root={refer_root}", *TINY,
+                  f"hydra.run.dir={tmp_path / 'bad'}")
     assert bad.returncode == 2 and "testC" in bad.stderr and "testA" in bad.stderr
     assert not (tmp_path / "bad" / "metrics.json").exists()
 
@@ -85,16 +85,16 @@ def test_a_malicious_refs_pickle_is_refused_before_anything_runs(refer_root, tmp
             return (open, (str(marker), "w"))
 
     (root / "refcoco" / "refs(unc).p").write_bytes(pickle.dumps([Payload()], protocol=2))
-    result = run_tool("tools/eval.py", "method=sam_text", f"dataset.root={root}", *TINY, f"hydra.run.dir={tmp_path / 'out'}")
+    result = run_job("eval", "method=sam_text", f"dataset.root={root}", *TINY, f"hydra.run.dir={tmp_path / 'out'}")
     assert result.returncode == 2
     assert "refs(unc).p" in result.stderr and "global" in result.stderr
     assert not marker.exists() and not (tmp_path / "out" / "metrics.json").exists()
 
 
 def test_real_backbone_without_bert_folder_is_a_clear_error(refer_root, tmp_path):
-    result = run_tool("tools/eval.py", "experiment=dit_vit_b", "backbone.checkpoint=null", "backbone.allow_random_init=true",
-                      f"method.text_encoder.path={tmp_path / 'bert-base-uncased'}", f"dataset.root={refer_root}",
-                      "trainer.device=cpu", f"hydra.run.dir={tmp_path / 'out'}")
+    result = run_job("eval", "experiment=dit_vit_b", "backbone.checkpoint=null", "backbone.allow_random_init=true",
+                     f"method.text_encoder.path={tmp_path / 'bert-base-uncased'}", f"dataset.root={refer_root}",
+                     "trainer.device=cpu", f"hydra.run.dir={tmp_path / 'out'}")
     assert result.returncode == 2
     assert "bert-base-uncased" in result.stderr and "config.json" in result.stderr
 
@@ -112,8 +112,8 @@ def test_official_checkpoint_loads_and_predictions_include_the_logits(refer_root
     path = tmp_path / "seg_best.pth"
     torch.save(export_official_dit(donor, ddp_prefix=True), path)
     out = tmp_path / "eval"
-    result = run_tool("tools/eval.py", "method=dit_layerwise", f"dataset.root={refer_root}", f"method.official_checkpoint={path}",
-                      "method.text_encoder.size=tiny", "save_predictions=true", *TINY, f"hydra.run.dir={out}")
+    result = run_job("eval", "method=dit_layerwise", f"dataset.root={refer_root}", f"method.official_checkpoint={path}",
+                     "method.text_encoder.size=tiny", "save_predictions=true", *TINY, f"hydra.run.dir={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "loaded official DIT checkpoint" in (out / "eval.log").read_text()
     metrics = json.loads((out / "metrics.json").read_text())
@@ -125,8 +125,8 @@ def test_official_checkpoint_loads_and_predictions_include_the_logits(refer_root
     assert logits.shape == (512, 512) and logits.dtype == np.float32
     expected = donor.predict(Batch([sample]))[0].logits.numpy()
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
-    bad = run_tool("tools/eval.py", "method=dit_layerwise", f"dataset.root={refer_root}", f"method.official_checkpoint={path}",
-                   *TINY, f"hydra.run.dir={tmp_path / 'bad'}")
+    bad = run_job("eval", "method=dit_layerwise", f"dataset.root={refer_root}", f"method.official_checkpoint={path}",
+                  *TINY, f"hydra.run.dir={tmp_path / 'bad'}")
     assert bad.returncode == 2 and "method.text_encoder.tokenizer" in bad.stderr
 
 

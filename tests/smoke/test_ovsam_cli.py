@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sambench.testing import SHARED_DATA, TINY_SAM, needs_shared, run_tool
+from sambench.testing import SHARED_DATA, TINY_SAM, needs_shared, run_job, run_tool
 from PIL import Image
 
 from sambench.testing.coco_synthetic import COCO_CATEGORIES, write_synthetic_coco
@@ -27,9 +27,9 @@ def test_sam2clip_trains_and_reports_the_distillation_error(tmp_path):
     for i in range(4):
         Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(folder / f"sa_{i}.jpg")
     out = tmp_path / "run"
-    result = run_tool("tools/train.py", "method=sam2clip", f"dataset.root={folder}", "dataset.eval_images=1",
-                      "method.depth=2", "method.num_heads=2", "trainer.max_steps=2", "trainer.schedule.warmup_steps=0",
-                      "trainer.device=cpu", f"hydra.run.dir={out}")
+    result = run_job("train", "method=sam2clip", f"dataset.root={folder}", "dataset.eval_images=1",
+                     "method.depth=2", "method.num_heads=2", "trainer.max_steps=2", "trainer.schedule.warmup_steps=0",
+                     "trainer.device=cpu", f"hydra.run.dir={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_images"] == 1 and metrics["mse"] > 0 and -1 <= metrics["cosine"] <= 1
@@ -45,8 +45,8 @@ SMALL_ADAPTER = ("method.adapter.depth=1", "method.adapter.num_heads=2")
 def test_ovsam_eval_contract_on_the_coco_sample(tmp_path):
     """The issue's contract: tools/eval.py method=ovsam dataset=coco_ov dataset.root=<coco> -> metrics.json."""
     out = tmp_path / "out"
-    result = run_tool("tools/eval.py", "method=ovsam", "dataset=coco_ov", f"dataset.root={SHARED_DATA / 'coco_tiny'}",
-                      "dataset.max_images=2", *SMALL_ADAPTER, "trainer.device=cpu", f"hydra.run.dir={out}")
+    result = run_job("eval", "method=ovsam", "dataset=coco_ov", f"dataset.root={SHARED_DATA / 'coco_tiny'}",
+                     "dataset.max_images=2", *SMALL_ADAPTER, "trainer.device=cpu", f"hydra.run.dir={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert all(isinstance(metrics[key], float) and 0 <= metrics[key] <= 100 for key in OV_KEYS)
@@ -58,22 +58,22 @@ def test_both_stages_train_and_ovsam_evaluates_with_their_weights(tmp_path):
     coco = write_synthetic_coco(tmp_path / "coco", num_images=3)
     folder = coco / "train2017"
     stage1, stage2, out = tmp_path / "s1", tmp_path / "s2", tmp_path / "eval"
-    result = run_tool("tools/train.py", "method=sam2clip", f"dataset.root={folder}", "dataset.eval_images=1",
-                      "method.depth=1", "method.num_heads=2", "trainer.max_steps=1", "trainer.device=cpu",
-                      f"hydra.run.dir={stage1}")
+    result = run_job("train", "method=sam2clip", f"dataset.root={folder}", "dataset.eval_images=1",
+                     "method.depth=1", "method.num_heads=2", "trainer.max_steps=1", "trainer.device=cpu",
+                     f"hydra.run.dir={stage1}")
     assert result.returncode == 0, result.stderr[-3000:]
-    result = run_tool("tools/train.py", "method=clip2sam", f"dataset.root={coco}", *SMALL_ADAPTER,
-                      f"method.sam2clip_checkpoint={stage1}", "method.allow_untrained=false", "method.num_prompts=4",
-                      "method.num_points=256", "trainer.max_steps=2", "trainer.schedule.warmup_steps=0",
-                      "trainer.batch_size=1", "trainer.device=cpu", f"hydra.run.dir={stage2}")
+    result = run_job("train", "method=clip2sam", f"dataset.root={coco}", *SMALL_ADAPTER,
+                     f"method.sam2clip_checkpoint={stage1}", "method.allow_untrained=false", "method.num_prompts=4",
+                     "method.num_points=256", "trainer.max_steps=2", "trainer.schedule.warmup_steps=0",
+                     "trainer.batch_size=1", "trainer.device=cpu", f"hydra.run.dir={stage2}")
     assert result.returncode == 0, result.stderr[-3000:]
     trained = json.loads((stage2 / "metrics.json").read_text())
     assert all(key in trained for key in OV_KEYS) and trained["num_images"] == 3
     saved = torch.load(stage2 / "checkpoints" / "last.pt", weights_only=True)["trainable"]
     assert any(k.startswith("fpn.") for k in saved) and not any(k.startswith("adapter.") for k in saved)
-    result = run_tool("tools/eval.py", "method=ovsam", f"dataset.root={coco}", *SMALL_ADAPTER, "method.prompt=point",
-                      f"method.sam2clip_checkpoint={stage1}", f"method.clip2sam_checkpoint={stage2}",
-                      "method.allow_untrained=false", "save_predictions=true", "trainer.device=cpu", f"hydra.run.dir={out}")
+    result = run_job("eval", "method=ovsam", f"dataset.root={coco}", *SMALL_ADAPTER, "method.prompt=point",
+                     f"method.sam2clip_checkpoint={stage1}", f"method.clip2sam_checkpoint={stage2}",
+                     "method.allow_untrained=false", "save_predictions=true", "trainer.device=cpu", f"hydra.run.dir={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((out / "metrics.json").read_text())["num_instances"] == trained["num_instances"]
     # one mask per GT instance, <image_id>_<ann_id>.png at the original size, and its label in labels.json
@@ -98,18 +98,18 @@ def test_both_stages_train_and_ovsam_evaluates_with_their_weights(tmp_path):
     neck = torch.load(tmp_path / "official" / exported[1], weights_only=True)
     stage1_weights = torch.load(stage1 / "checkpoints" / "last.pt", weights_only=True)["trainable"]
     assert torch.equal(neck["neck_student.level_encoding.weight"], stage1_weights["adapter.level_embedding.weight"])
-    result = run_tool("tools/eval.py", "method=ovsam", f"dataset.root={coco}", *SMALL_ADAPTER, "method.prompt=point",
-                      f"method.sam2clip_checkpoint={tmp_path / 'official' / exported[1]}",
-                      f"method.clip2sam_checkpoint={tmp_path / 'official' / exported[0]}",
-                      "method.allow_untrained=false", "trainer.device=cpu", f"hydra.run.dir={tmp_path / 'eval2'}")
+    result = run_job("eval", "method=ovsam", f"dataset.root={coco}", *SMALL_ADAPTER, "method.prompt=point",
+                     f"method.sam2clip_checkpoint={tmp_path / 'official' / exported[1]}",
+                     f"method.clip2sam_checkpoint={tmp_path / 'official' / exported[0]}",
+                     "method.allow_untrained=false", "trainer.device=cpu", f"hydra.run.dir={tmp_path / 'eval2'}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "eval2" / "metrics.json").read_text()) == json.loads((out / "metrics.json").read_text())
 
 
 def test_missing_stage_one_weights_is_one_clear_error(tmp_path):
     coco = write_synthetic_coco(tmp_path / "coco", num_images=1)
-    result = run_tool("tools/eval.py", "method=ovsam", f"dataset.root={coco}", "method.allow_untrained=false",
-                      "trainer.device=cpu", f"hydra.run.dir={tmp_path / 'out'}")
+    result = run_job("eval", "method=ovsam", f"dataset.root={coco}", "method.allow_untrained=false",
+                     "trainer.device=cpu", f"hydra.run.dir={tmp_path / 'out'}")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: method.sam2clip_checkpoint is not set")
 
@@ -150,8 +150,8 @@ def test_class_names_file_from_the_tool_drives_the_eval_text_embeddings(tmp_path
     result = run_tool("tools/make_class_names.py", "--ovsam-repo", str(tmp_path / "ovsam"), "--out", str(file))
     assert result.returncode == 0, result.stderr[-3000:]
     cache, out = tmp_path / "cache", tmp_path / "eval"
-    result = run_tool("tools/eval.py", "method=ovsam", f"dataset.root={coco}", f"dataset.class_names_file={file}",
-                      *SMALL_ADAPTER, f"cache.dir={cache}", "trainer.device=cpu", f"hydra.run.dir={out}")
+    result = run_job("eval", "method=ovsam", f"dataset.root={coco}", f"dataset.class_names_file={file}",
+                     *SMALL_ADAPTER, f"cache.dir={cache}", "trainer.device=cpu", f"hydra.run.dir={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert all(key in json.loads((out / "metrics.json").read_text()) for key in OV_KEYS)
     entries = [torch.load(f, weights_only=True) for f in cache.glob("text-*.pt")]

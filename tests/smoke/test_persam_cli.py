@@ -6,7 +6,7 @@ import pytest
 
 import json
 
-from sambench.testing import REPO, SHARED_DATA, needs_shared, run_tool
+from sambench.testing import REPO, SHARED_DATA, needs_shared, run_job
 from PIL import Image
 import numpy as np
 
@@ -32,7 +32,7 @@ def check_outputs(out, root):
 
 def test_persam_with_no_argument_runs_on_the_bundled_sample(tmp_path):
     out = tmp_path / "persam"
-    result = run_tool("tools/eval.py", "method=persam", "save_overlays=true", f"hydra.run.dir={out}")
+    result = run_job("eval", "method=persam", "save_overlays=true", f"hydra.run.dir={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     check_outputs(out, BUNDLED)
     assert len(list((out / "vis").rglob("*.png"))) == 6
@@ -40,12 +40,12 @@ def test_persam_with_no_argument_runs_on_the_bundled_sample(tmp_path):
 
 def test_persam_f_saves_weights_and_reuses_them(tmp_path):
     first, second = tmp_path / "fit", tmp_path / "reuse"
-    args = ["tools/eval.py", "method=persam_f", "method.iterations=50"]
-    result = run_tool(*args, f"hydra.run.dir={first}")
+    args = ["eval", "method=persam_f", "method.iterations=50"]
+    result = run_job(*args, f"hydra.run.dir={first}")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = check_outputs(first, BUNDLED)
     assert sorted(p.stem for p in (first / "persam_f_weights").glob("*.pt")) == sorted(metrics["per_object"])
-    result = run_tool(*args, f"method.weights_dir={first / 'persam_f_weights'}", f"hydra.run.dir={second}")
+    result = run_job(*args, f"method.weights_dir={first / 'persam_f_weights'}", f"hydra.run.dir={second}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((second / "metrics.json").read_text())["mIoU"] == metrics["mIoU"]
     assert not (second / "persam_f_weights").exists()  # nothing refitted
@@ -55,8 +55,8 @@ def test_persam_f_saves_weights_and_reuses_them(tmp_path):
 def test_persam_on_the_shared_perseg_sample(tmp_path):
     out = tmp_path / "shared"
     root = SHARED_DATA / "perseg"
-    result = run_tool("tools/eval.py", "method=persam", "dataset=perseg", f"dataset.root={root}",
-                      "backbone=sam_tiny", f"hydra.run.dir={out}")
+    result = run_job("eval", "method=persam", "dataset=perseg", f"dataset.root={root}",
+                     "backbone=sam_tiny", f"hydra.run.dir={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     check_outputs(out, root)
 
@@ -68,6 +68,6 @@ def test_empty_reference_mask_is_one_clear_error(tmp_path):
     for name in ("00", "01"):
         Image.fromarray(np.full((40, 50, 3), 90, np.uint8)).save(root / "Images" / "toy" / f"{name}.jpg")
         Image.fromarray(np.zeros((40, 50), np.uint8)).save(root / "Annotations" / "toy" / f"{name}.png")
-    result = run_tool("tools/eval.py", "method=persam", f"dataset.root={root}", f"hydra.run.dir={tmp_path / 'r'}")
+    result = run_job("eval", "method=persam", f"dataset.root={root}", f"hydra.run.dir={tmp_path / 'r'}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "empty reference mask" in result.stderr and "00.png" in result.stderr
