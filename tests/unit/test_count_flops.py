@@ -19,6 +19,7 @@ def test_sam_vit_h_encoder_count_matches_the_reference():
     assert abs(flops / 1e9 - 5961) < 5  # spec: 5,961 GFLOPs (2 per MAC) = 2,981 GMACs
 
 
+@pytest.mark.slow
 def test_measured_cost_is_the_papers_table_1():
     results = measure(prompts=10)
     for name, (paper_gmacs, paper_params) in PAPER.items():

@@ -30,6 +30,7 @@ def build(tmp_path):
     return METHODS.get("sam2clip")(sam=sam, clip=CLIP, depth=2, num_heads=2)
 
 
+@pytest.mark.slow
 def test_only_the_adapter_trains_and_the_mse_falls(tmp_path):
     model = build(tmp_path)
     params = model.trainable_parameters()

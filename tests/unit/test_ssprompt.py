@@ -130,6 +130,7 @@ def count_calls(module) -> list[int]:
     ("semprompt", {"semantic.learned", "semantic.weight_logits"}),
     ("coop", {"coop.context"}),
 ])
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_moves_only_prompt_parameters(name, learnt):
     model = build(name)
     assert set(model.trainable_parameters()) == learnt
