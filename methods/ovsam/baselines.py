@@ -28,7 +28,7 @@ from sambench.method import SambenchMethod
 from .classifier import cosine_logits
 from .losses import classification_loss
 from .center_points import POINT_RULES
-from .prompting import EVAL_PROMPTS, DetectionBoxes, gt_prompts, official_point_prompts
+from .prompting import DetectionBoxes, check_eval_prompt, gt_prompts, official_point_prompts
 from .region_crops import mask_crops, mask_weights, pool_in_masks
 from .text_embeddings import class_synonyms
 from .vocabulary import TextEmbeddingBank
@@ -74,10 +74,7 @@ class SamClipCropBaseline(SambenchMethod):
         point_rule: str = "official", cache_dir: str | None = None,
     ):
         super().__init__()
-        if prompt not in EVAL_PROMPTS:
-            raise ConfigError(f"unknown method.prompt '{prompt}'; valid: {', '.join(EVAL_PROMPTS)}")
-        if prompt == "detections" and not detections:
-            raise ConfigError("method.prompt=detections needs method.detections=<COCO results json of a detector's boxes>")
+        check_eval_prompt(prompt, detections)
         if point_rule not in POINT_RULES:
             raise ConfigError(f"unknown method.point_rule '{point_rule}'; valid: {', '.join(POINT_RULES)}")
         if num_context < 1 or max_train_instances < 1 or max_detections < 1:

@@ -29,7 +29,7 @@ from .fpn import FPN
 from .input_frame import IMAGE_RESIZES, eval_pixels
 from .label_token import LABEL_MODES, LabelToken
 from .losses import classification_loss, point_mask_losses
-from .prompting import (EVAL_PROMPTS, DetectionBoxes, gt_prompts, num_box_prompts, random_foreground_points,
+from .prompting import (DetectionBoxes, check_eval_prompt, gt_prompts, num_box_prompts, random_foreground_points,
                                       training_prompt_indices)
 from .roi import RegionEmbedding, multi_level_roi_align
 from .stage_weights import load_exactly, read_stage_file, with_prefix
@@ -168,10 +168,7 @@ class Clip2Sam(SambenchMethod):
         min_mask_area: int = 32, fpn_channels: int = 256, cache_dir: str | None = None,
     ):
         super().__init__()
-        if prompt not in EVAL_PROMPTS:
-            raise ConfigError(f"unknown method.prompt '{prompt}'; valid: {', '.join(EVAL_PROMPTS)}")
-        if prompt == "detections" and not detections:
-            raise ConfigError("method.prompt=detections needs method.detections=<COCO results json of a detector>")
+        check_eval_prompt(prompt, detections)
         if clip_box_frame not in CLIP_BOX_FRAMES:
             raise ConfigError(f"unknown method.clip_box_frame '{clip_box_frame}'; valid: {', '.join(CLIP_BOX_FRAMES)}")
         for option, value, valid in (("clip_rois", clip_rois, CLIP_ROIS), ("empty_mask_roi", empty_mask_roi, EMPTY_MASK_ROIS),

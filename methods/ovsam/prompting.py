@@ -28,6 +28,14 @@ log = logging.getLogger(__name__)
 EVAL_PROMPTS = ("box", "point", "detections")
 
 
+def check_eval_prompt(prompt: str, detections: str | None) -> None:
+    """ConfigError unless ``prompt`` is one of :data:`EVAL_PROMPTS` and detections have a file."""
+    if prompt not in EVAL_PROMPTS:
+        raise ConfigError(f"unknown method.prompt '{prompt}'; valid: {', '.join(EVAL_PROMPTS)}")
+    if prompt == "detections" and not detections:
+        raise ConfigError("method.prompt=detections needs method.detections=<COCO results json of a detector's boxes>")
+
+
 def gt_prompts(sample, mode: str) -> dict[str, torch.Tensor]:
     """Keyword prompts (``boxes`` N×4 xyxy, or ``points`` N×1×2 + ``point_labels`` N×1) for the
     sample's N GT instances."""

@@ -37,7 +37,7 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -112,6 +112,16 @@ class SambenchDataset(Dataset):
 
     def __getitem__(self, index: int) -> Sample:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def check_int(dataset: str, option: str, value: Any, minimum: int | None, allow_none: bool) -> None:
+    """ConfigError naming ``dataset.option`` unless ``value`` is an int (>= ``minimum``; None if allowed)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        null = " or null" if allow_none else ""
+        raise ConfigError(f"dataset '{dataset}': {option} must be an integer{bound}{null}, got {value!r}")
 
 
 def resolve_root(root: str | None, dataset: str, hint: str) -> Path:

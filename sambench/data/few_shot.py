@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from torch.utils.data import Dataset
 
+from sambench.data.base import check_int
 from sambench.errors import ConfigError, DatasetError
 from sambench.files import write_json_atomic
 from sambench.structures import Sample
@@ -83,15 +84,6 @@ def few_shot_selection(presence: list[set[int]], num_classes: int, shots: int, s
     return sorted(selected)
 
 
-def _check_int(name: str, option: str, value: Any, minimum: int | None, allow_none: bool) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-        bound = f" >= {minimum}" if minimum is not None else ""
-        null = " or null" if allow_none else ""
-        raise ConfigError(f"dataset '{name}': {option} must be an integer{bound}{null}, got {value!r}")
-
-
 class FewShotSubset(Dataset):
     """The K-shot subset of a training split (the protocol in the module docstring).
 
@@ -115,9 +107,9 @@ class FewShotSubset(Dataset):
         max_samples: int | None = None,
     ):
         name = dataset.NAME
-        _check_int(name, "few_shot.shots", shots, 1, allow_none=True)
-        _check_int(name, "few_shot.seed", seed, None, allow_none=False)
-        _check_int(name, "max_samples", max_samples, 1, allow_none=True)
+        check_int(name, "few_shot.shots", shots, 1, allow_none=True)
+        check_int(name, "few_shot.seed", seed, None, allow_none=False)
+        check_int(name, "max_samples", max_samples, 1, allow_none=True)
         if not file and shots is None:
             raise ConfigError(f"dataset '{name}': few_shot needs shots or a selection file")
         self.dataset = dataset

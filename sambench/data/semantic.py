@@ -30,6 +30,7 @@ import torch
 from sambench import tasks
 from sambench.data.base import (
     SambenchDataset,
+    check_int,
     inside_root,
     read_image,
     read_label_png,
@@ -175,15 +176,6 @@ def check_choice(dataset: str, option: str, value: Any, valid: tuple[str, ...]) 
         )
 
 
-def _check_int(dataset: str, option: str, value: Any, minimum: int | None, allow_none: bool) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-        bound = f" >= {minimum}" if minimum is not None else ""
-        null = " or null" if allow_none else ""
-        raise ConfigError(f"dataset '{dataset}': {option} must be an integer{bound}{null}, got {value!r}")
-
-
 # --------------------------------------------------------------------------- base dataset
 
 
@@ -235,7 +227,7 @@ class SemanticSegmentationDataset(SambenchDataset):
         self.class_names = list(self.CLASS_NAMES)
         if split not in ("train", "eval"):
             raise ConfigError(f"dataset '{self.NAME}': split must be 'train' or 'eval', got '{split}'")
-        _check_int(self.NAME, "max_samples", max_samples, 1, allow_none=True)
+        check_int(self.NAME, "max_samples", max_samples, 1, allow_none=True)
         if not isinstance(split_name, str) or not split_name:
             raise ConfigError(f"dataset '{self.NAME}': the split name must be a non-empty string, got {split_name!r}")
         self.split = split
