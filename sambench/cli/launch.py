@@ -86,13 +86,6 @@ def compose_checked(config_name: str, argv: list[str]) -> DictConfig:
         raise ConfigError(" ".join(lines[:3]) or type(exc).__name__) from None
 
 
-def check_overrides(config_name: str, argv: list[str]) -> dict:
-    """The composed ``trainer.device`` and ``trainer.collective_timeout`` (the process group
-    needs them before Hydra runs), after the checks of :func:`compose_checked`."""
-    cfg = compose_checked(config_name, argv)  # check_config resolved the trainer section
-    return {key: cfg.trainer.get(key) for key in ("device", "collective_timeout")}
-
-
 def prepare(config_name: str, argv: list[str]) -> DictConfig | None:
     """Checks, the process group (set up once, from the composed config) and the run stamp;
     returns the composed config (``sambench.testing.run_job`` runs the job on it in-process).

@@ -21,7 +21,7 @@ def assert_one_error_line(result, *fragments: str) -> None:
 
 
 def test_wrong_typed_trainer_value_exits_2_before_a_run_folder_exists(tmp_path):
-    """Hydra's own override errors take the same path (``check_overrides``; unit-tested)."""
+    """Hydra's own override errors take the same path (``compose_checked``; unit-tested)."""
     result = run_tool("tools/train.py", "trainer.max_steps=abc", f"hydra.run.dir={tmp_path / 'a'}")
     assert_one_error_line(result, "trainer.max_steps='abc'", "expected an integer")
     assert not (tmp_path / "a").exists()

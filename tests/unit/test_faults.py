@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from sambench import CONFIG_DIR
 from sambench.cli.build import check_config
 from sambench.cli.jobs import publish_predictions
-from sambench.cli.launch import check_overrides
+from sambench.cli.launch import compose_checked
 from sambench import dist
 from sambench.checkpoint import LAST, load_checkpoint
 from sambench.engine.hooks import CheckpointHook
@@ -73,11 +73,12 @@ def test_method_values_are_checked_against_the_constructor():
 ])
 def test_hydra_override_errors_become_config_errors(argv, message):
     with pytest.raises(ConfigError, match=message):
-        check_overrides("train", argv)
+        compose_checked("train", argv)
 
 
 def test_overrides_give_the_process_group_settings():
-    assert check_overrides("train", ["trainer.device=cpu", "trainer.collective_timeout=30"]) == {
+    cfg = compose_checked("train", ["trainer.device=cpu", "trainer.collective_timeout=30"])
+    assert {key: cfg.trainer.get(key) for key in ("device", "collective_timeout")} == {
         "device": "cpu", "collective_timeout": 30}
 
 
