@@ -88,6 +88,36 @@ class ImageFeatures:
         return ImageFeatures(self.embedding.to(device), {name: level.to(device) for name, level in self.levels.items()})
 
 
+def stack_features(features: list[ImageFeatures]) -> ImageFeatures:
+    """Concatenate per-image features (each batch dim 1, or more) along the batch dim."""
+    names = list(features[0].levels)
+    return ImageFeatures(torch.cat([f.embedding for f in features]),
+                         {name: torch.cat([f.levels[name] for f in features]) for name in names})
+
+
+def features_to_entry(features: ImageFeatures):
+    """One image's features (batch dim 1) -> a cache entry: the C×h×w embedding alone (no levels,
+    SAM v1's entry) or {"embedding": C×h×w, level: …} with the batch dim dropped."""
+    if not features.levels:
+        return features.embedding[0]
+    if EMBEDDING in features.levels:
+        raise ValueError(f"a feature level may not be called {EMBEDDING!r}")
+    return {EMBEDDING: features.embedding[0], **{name: level[0] for name, level in features.levels.items()}}
+
+
+def features_from_entry(entry) -> ImageFeatures | None:
+    """A cache entry (see :func:`features_to_entry`) -> features with batch dim 1; None stays None."""
+    if entry is None:
+        return None
+    if isinstance(entry, torch.Tensor):
+        return ImageFeatures(entry[None])
+    return ImageFeatures(entry[EMBEDDING][None], {n: v[None] for n, v in entry.items() if n != EMBEDDING})
+
+
+#: the name of the embedding in a cache entry of several feature levels
+EMBEDDING = "embedding"
+
+
 @dataclass(frozen=True)
 class EncoderSpec:
     """Sizes of a plain-ViT image encoder: token width, number of blocks, heads, token grid side."""
@@ -112,7 +142,12 @@ class SegmentationBackbone(nn.Module):
 
     @property
     def capabilities(self) -> frozenset[str]:
-        return self.CAPABILITIES
+        return self.capabilities_for(getattr(self, "variant", None))
+
+    @classmethod
+    def capabilities_for(cls, variant: str | None) -> frozenset[str]:
+        """The capabilities of this class's ``variant`` (HQ-SAM's TinyViT is no plain ViT)."""
+        return cls.CAPABILITIES
 
     # ----- sizes ------------------------------------------------------------------------------
     @property
@@ -158,10 +193,24 @@ class SegmentationBackbone(nn.Module):
         """B×3×S×S -> the embedding plus any extra feature levels."""
         raise NotImplementedError
 
+    #: the on-disk feature cache (:class:`~sambench.cache.EmbeddingCache`), None when disabled
+    cache = None
+
+    @torch.no_grad()
     def embed_images(self, images: list[np.ndarray]) -> ImageFeatures:
-        """Frozen-encoder features of B uint8 images (embedding B×C×h×w float32 plus any levels),
-        through the cache when enabled; ``features[i]`` goes to ``predict`` / ``decode`` as it is."""
-        raise NotImplementedError
+        """Frozen-encoder features of B uint8 images (embedding B×C×h×w float32 plus every
+        level, float32), through the cache when enabled (an entry holds all of one image's
+        features); ``features[i]`` goes to ``predict`` / ``decode`` as it is."""
+        out: list[ImageFeatures | None] = [None] * len(images)
+        keys = [self.cache.image_key(img) for img in images] if self.cache else []
+        for i, key in enumerate(keys):
+            out[i] = features_from_entry(self.cache.get(key))
+        for i in [i for i, feats in enumerate(out) if feats is None]:  # one at a time: ViT-H at 1024² is memory-heavy
+            feats = self.encode_features(self.preprocess(images[i]))[0]
+            out[i] = ImageFeatures(feats.embedding.float(), {n: v.float() for n, v in feats.levels.items()})
+            if self.cache:
+                self.cache.put(keys[i], features_to_entry(out[i]))
+        return stack_features([feats.to(self.device) for feats in out])
 
     def drop_image_encoder(self, reason: str) -> None:
         """Free the image encoder of a method that never runs it."""
@@ -236,19 +285,18 @@ class SegmentationBackbone(nn.Module):
         raise NotImplementedError
 
 
-def missing_capabilities(required, backbone_cls: type) -> list[str]:
-    """The capabilities in ``required`` that ``backbone_cls`` does not declare, sorted."""
-    return sorted(set(required) - set(getattr(backbone_cls, "CAPABILITIES", frozenset())))
-
-
-def check_capabilities(method_name: str, method_cls: type, backbone_name: str, backbone_cls: type) -> None:
-    """Compose-time check: raise a ConfigError when the backbone lacks what the method ``REQUIRES``."""
-    unknown = sorted(set(getattr(method_cls, "REQUIRES", ())) - CAPABILITIES)
+def check_capabilities(method_name: str, method_cls: type, backbone_name: str, capabilities: frozenset[str],
+                       fitting: list[str] | None = None) -> None:
+    """Compose-time check: raise a ConfigError when a backbone with ``capabilities`` lacks what
+    the method ``REQUIRES``; ``fitting`` (the backbone configs that have it) goes in the message."""
+    required = set(getattr(method_cls, "REQUIRES", ()))
+    unknown = sorted(required - CAPABILITIES)
     if unknown:
         raise ConfigError(f"method '{method_name}' requires unknown backbone capabilities {unknown}; "
                           f"known: {', '.join(sorted(CAPABILITIES))}")
-    missing = missing_capabilities(getattr(method_cls, "REQUIRES", ()), backbone_cls)
+    missing = sorted(required - set(capabilities))
     if missing:
-        has = ", ".join(sorted(backbone_cls.CAPABILITIES)) or "none"
+        has = ", ".join(sorted(capabilities)) or "none"
+        fits = f"; backbones that fit: {', '.join(fitting)}" if fitting else ""
         raise ConfigError(f"method '{method_name}' needs backbone capabilities {', '.join(missing)}, which backbone "
-                          f"'{backbone_name}' ({backbone_cls.__name__}) lacks; it has: {has}")
+                          f"'{backbone_name}' lacks (it has: {has}){fits}")

@@ -22,6 +22,7 @@ from torch import nn
 
 from sambench.backbones.interface import (EXTRA_OUTPUT_TOKENS, TOKEN_INJECTION, TWO_WAY_TRANSFORMER_FN, VIT_ENCODER,
                                           BlockFn, EncoderSpec, ImageFeatures, SegmentationBackbone, TransformerFn)
+from sambench.backbones.registry import BACKBONES
 from sambench.backbones.sam_checkpoint import build_sam_model, file_sha256, module_sha256
 from sambench.backbones.sam_extensions import (default_transformer_fn, run_image_encoder, run_mask_decoder,
                                                run_single_mask_decoder)
@@ -42,6 +43,7 @@ class DroppedImageEncoder(nn.Module):
         raise RuntimeError(f"SAM's image encoder was dropped: {self.reason}")
 
 
+@BACKBONES.register_module(name="sam")
 class SamBackbone(SegmentationBackbone):
     """SAM (image encoder, prompt encoder, mask decoder) behind the backbone interface.
 
@@ -174,22 +176,6 @@ class SamBackbone(SegmentationBackbone):
         if block_fn is None and tuple(pixels.shape[-2:]) == (self.image_size, self.image_size):
             return ImageFeatures(encoder(pixels))
         return ImageFeatures(run_image_encoder(encoder, pixels, block_fn))
-
-    @torch.no_grad()
-    def embed_images(self, images: list[np.ndarray]) -> ImageFeatures:
-        """Frozen-encoder features of B images: embedding B×256×64×64 (float32), no levels (SAM v1),
-        through the cache when enabled (the cache entry is the embedding tensor alone)."""
-        out: list[torch.Tensor | None] = [None] * len(images)
-        keys = [EmbeddingCache.image_key(img) for img in images] if self.cache else []
-        for i, key in enumerate(keys):
-            out[i] = self.cache.get(key)
-        missing = [i for i, emb in enumerate(out) if emb is None]
-        for i in missing:  # one at a time: ViT-H at 1024² is memory-heavy
-            emb = self.encode(self.preprocess(images[i]))[0].float()
-            out[i] = emb
-            if self.cache:
-                self.cache.put(keys[i], emb)
-        return ImageFeatures(torch.stack([emb.to(self.device) for emb in out]))
 
     # ----- prompts ----------------------------------------------------------------------------
     def image_pe(self, grid_hw: tuple[int, int]) -> torch.Tensor:

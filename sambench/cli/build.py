@@ -17,8 +17,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sambench import REPO_ROOT, __version__
-from sambench.backbones.interface import check_capabilities
-from sambench.backbones.sam import SamBackbone
+from sambench.backbones.interface import SegmentationBackbone, check_capabilities
+from sambench.backbones.registry import DEFAULT_FAMILY, backbone_class, backbone_configs, capabilities_of
 from sambench.cli.config_types import FLAGS, check_flags, check_section, check_trainer
 from sambench import dist
 from sambench.data.base import DEFAULT_MAX_IMAGE_PIXELS, set_max_image_pixels
@@ -48,8 +48,17 @@ def check_config(cfg: DictConfig) -> None:
     check_section("method", method, plain(cfg.method), ignore=("name",))
     check_section("dataset", dataset, plain(cfg.dataset), ignore=("name", "few_shot"))
     check_few_shot(cfg.dataset.name, dataset, plain(cfg.dataset).get("few_shot"))
-    check_section("backbone", SamBackbone, plain(cfg.backbone))
-    check_capabilities(cfg.method.name, method, cfg.backbone.name, SamBackbone)
+    backbone = plain(cfg.backbone)
+    family = backbone.get("family", DEFAULT_FAMILY)
+    check_section("backbone", backbone_class(family), backbone, ignore=("family",))
+    check_capabilities(cfg.method.name, method, cfg.backbone.name, capabilities_of(backbone),
+                       fitting=fitting_backbones(method))
+
+
+def fitting_backbones(method) -> list[str]:
+    """The backbone configs (``conf/backbone/*.yaml``) whose capabilities cover the method's ``REQUIRES``."""
+    required = set(getattr(method, "REQUIRES", ()))
+    return [name for name, config in backbone_configs().items() if required <= capabilities_of(config)]
 
 
 FEW_SHOT_KEYS = ("shots", "seed", "file")
@@ -76,17 +85,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_backbone(cfg: DictConfig) -> SamBackbone:
+def build_backbone(cfg: DictConfig) -> SegmentationBackbone:
+    """The backbone of ``cfg.backbone``: its ``family``'s class built with the other keys."""
     kwargs = plain(cfg.backbone)
+    cls = backbone_class(kwargs.pop("family", DEFAULT_FAMILY))
     cache_dir = cfg.cache.dir if cfg.cache.enabled else None
-    return SamBackbone(**kwargs, cache_dir=cache_dir)
+    return cls(**kwargs, cache_dir=cache_dir)
 
 
 def _accepts(cls, name: str) -> bool:
     return name in inspect.signature(cls).parameters
 
 
-def build_method(cfg: DictConfig, sam: SamBackbone, run_dir: Path | None = None, class_names: list[str] | None = None):
+def build_method(cfg: DictConfig, sam: SegmentationBackbone, run_dir: Path | None = None, class_names: list[str] | None = None):
     """The method with its config keys, plus the keywords its class declares in ``ROOT_KWARGS``:
     ``run_dir`` (to save artefacts such as PerSAM-F's fitted weights), ``class_names`` (the
     dataset's vocabulary from its :class:`~sambench.data.meta.DatasetMeta`, e.g. SSPrompt's

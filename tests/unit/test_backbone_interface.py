@@ -327,7 +327,7 @@ def test_every_registered_method_fits_sam_v1():
     for name, cls in METHODS.module_dict.items():
         assert issubclass(cls, SambenchMethod)
         assert set(cls.REQUIRES) <= CAPABILITIES, name
-        check_capabilities(name, cls, "sam_tiny", SamBackbone)
+        check_capabilities(name, cls, "sam_tiny", SamBackbone.capabilities_for("tiny"))
     assert TOKEN_INJECTION in METHODS.get("dit_e2e").REQUIRES
 
 
@@ -336,15 +336,16 @@ def test_missing_capability_is_a_compose_time_error_naming_everything():
         REQUIRES = frozenset({HIGH_RES_FEATURES})
 
     with pytest.raises(ConfigError) as error:
-        check_capabilities("sam2_thing", NeedsHighRes, "sam_vit_b", SamBackbone)
+        check_capabilities("sam2_thing", NeedsHighRes, "sam_vit_b", SamBackbone.CAPABILITIES, fitting=["a", "b"])
     message = str(error.value)
     assert "method 'sam2_thing'" in message and "backbone 'sam_vit_b'" in message and "high_res_features" in message
+    assert "backbones that fit: a, b" in message
 
     class Typo(SambenchMethod):
         REQUIRES = frozenset({"token_injektion"})
 
     with pytest.raises(ConfigError, match="unknown backbone capabilities"):
-        check_capabilities("typo", Typo, "sam_vit_b", SamBackbone)
+        check_capabilities("typo", Typo, "sam_vit_b", SamBackbone.CAPABILITIES)
 
 
 def test_check_config_checks_capabilities(monkeypatch):
