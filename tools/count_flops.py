@@ -2,11 +2,15 @@
 (no GPU, no weights: models on the meta device): ``python tools/count_flops.py [--prompts N]``.
 
 Prints a Markdown table beside the paper's Table 1 (see ``sambench/cli/flops.py``).
+``--backbones [NAME ...]`` instead prints the backbone table: parameters, GMACs at 1024² and the
+encoder's CPU time per image with a cold and a warm embedding cache (``sambench/cli/backbone_cost.py``;
+no names = every official backbone; real random-weight models, so ViT-H / Hiera-L take minutes on a CPU).
 """
 
 import argparse
 import json
 
+from sambench.cli.backbone_cost import OFFICIAL, backbone_table, measure_backbone
 from sambench.cli.flops import measure, table
 
 if __name__ == "__main__":
@@ -18,9 +22,19 @@ if __name__ == "__main__":
     parser.add_argument("--classes", type=int, default=65, help="vocabulary size (cosine classifier)")
     parser.add_argument("--feature-crop-size", type=int, default=1024, help="input side of the feature-crop CLIP")
     parser.add_argument("--json", help="also write the numbers to this file")
+    parser.add_argument("--backbones", nargs="*", metavar="NAME", help="print the backbone table instead (backbone "
+                        "config names; none = every official backbone)")
+    parser.add_argument("--repeats", type=int, default=1, help="timing rounds per backbone (--backbones; median)")
     args = parser.parse_args()
-    results = measure(args.sam, args.clip, args.image_size, args.prompts, args.classes, args.feature_crop_size)
-    print(table(results))
+    if args.backbones is not None:
+        results = {}
+        for name in args.backbones or OFFICIAL:
+            results[name] = measure_backbone(name, repeats=args.repeats)
+            print(f"measured {name}: {results[name]}", flush=True)
+        print(backbone_table(results))
+    else:
+        results = measure(args.sam, args.clip, args.image_size, args.prompts, args.classes, args.feature_crop_size)
+        print(table(results))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sambench.backbones.interface import require_sam_v1
 from sambench.errors import CheckpointError, ConfigError
 from sambench.weights_file import load_weights_file
 
@@ -141,7 +142,8 @@ def official_layout(model: nn.Module) -> "OrderedDict[str, torch.Size]":
 # ----- checks ---------------------------------------------------------------------------------------
 def check_official_options(model: nn.Module) -> None:
     """The file implies the official architecture: L-DIT/E-DIT, BERT layer 1, global attention,
-    512² input, text padding not masked. A different config is a ConfigError naming the key."""
+    512² input, text padding not masked, a SAM v1 backbone. A different config is a ConfigError naming the key."""
+    require_sam_v1(model.sam, "official DIT checkpoints")
     if getattr(model, "injection", None) is None or getattr(model, "extra_layers", None) is not None:
         raise ConfigError(f"official DIT checkpoints hold an L-DIT/E-DIT model, not {type(model).__name__}: "
                           "use method=dit_layerwise (the released files) or method=dit_e2e")

@@ -9,6 +9,12 @@ copied from SAM ViT-H by :meth:`copy_pos_embed`), then upstream ``segment_anythi
 default; the methods size it from their SAM (:func:`teacher_sizes`: width and heads of its ViT),
 so a tiny SAM gets a tiny adapter. Distilled with MSE against SAM ViT-H's embeddings (stage 1 of
 Open-Vocabulary SAM).
+
+Other backbones (our extension): a teacher that is no plain ViT (SAM 2.1's Hiera, HQ-SAM's
+TinyViT) gives no width or position embedding to copy, so the adapter is sized by the method's
+``dim`` / ``num_heads`` and its position embedding stays zero (the blocks' relative positions
+remain); a backbone whose decoder needs extra feature levels (SAM 2.1's stride-4/8 maps) gets
+one head per level (ConvTranspose k = s = 16 / stride from the embedding), distilled alongside it.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import torch
 from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.image_encoder import Block
 from torch import nn
+
+from sambench.backbones.interface import ImageFeatures
 
 STRIDES = (4, 8, 16, 32)
 
@@ -44,10 +52,13 @@ class Sam2ClipAdapter(nn.Module):
         dim / num_heads / depth: transformer sizes (ViT-H: 1280 / 16 / 5).
         grid: embedding grid (64 for a 1024² input); window: window size of all but the last block.
         out_channels: embedding channels (SAM: 256).
+        levels: extra feature levels to predict, name -> (channels, stride) (SAM 2.1's
+            ``token_decoder_levels``); none for SAM v1 (the official adapter).
     """
 
     def __init__(self, *, in_channels: tuple[int, ...] = (384, 768, 1536, 3072), dim: int = 1280, num_heads: int = 16,
-                 depth: int = 5, grid: int = 64, window: int = 14, out_channels: int = 256):
+                 depth: int = 5, grid: int = 64, window: int = 14, out_channels: int = 256,
+                 levels: dict[str, tuple[int, int]] | None = None):
         super().__init__()
         self.patch_embeds = nn.ModuleList(patch_embedding(c, dim, s) for c, s in zip(in_channels, STRIDES))
         self.level_embedding = nn.Embedding(len(in_channels), dim)
@@ -63,6 +74,10 @@ class Sam2ClipAdapter(nn.Module):
             nn.Conv2d(dim, out_channels, kernel_size=1, bias=False), LayerNorm2d(out_channels),
             nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False), LayerNorm2d(out_channels),
         )
+        if levels:  # absent (not empty) for SAM v1, so the state dict keeps the official keys
+            self.level_heads = nn.ModuleDict({
+                name: nn.ConvTranspose2d(out_channels, channels, kernel_size=16 // stride, stride=16 // stride)
+                for name, (channels, stride) in levels.items()})
 
     @torch.no_grad()
     def copy_pos_embed(self, pos_embed: torch.Tensor) -> None:
@@ -79,3 +94,10 @@ class Sam2ClipAdapter(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.neck(x.permute(0, 3, 1, 2))
+
+    def features(self, stages: list[torch.Tensor]) -> ImageFeatures:
+        """Four CLIP stage maps -> the embedding B×256×S/16×S/16 plus each predicted level
+        (B×C_l×S/stride×S/stride)."""
+        embedding = self(stages)
+        heads = getattr(self, "level_heads", {})
+        return ImageFeatures(embedding, {name: head(embedding) for name, head in heads.items()})

@@ -203,7 +203,7 @@ class SamClipCropBaseline(SambenchMethod):
             return Prediction(index=sample.index, masks=torch.zeros(0, h, w, dtype=torch.bool),
                               class_ids=torch.zeros(0, dtype=torch.long), scores=torch.zeros(0))
         if self.prompt == "point" and self.point_rule == "official":  # the same points as OV-SAM's * rows
-            prompts = official_point_prompts(sample, self.sam.input_size(sample.size))
+            prompts = official_point_prompts(sample, self.sam.input_size(sample.size), self.sam.KEEPS_ASPECT)
         else:
             prompts = gt_prompts(sample, self.prompt)
         masks, regions = self._regions(sample, features, prompts)

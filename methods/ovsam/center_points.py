@@ -69,12 +69,14 @@ def _official_point(mask: np.ndarray) -> tuple[int, int]:
     return int(x0 + x - 1), int(y0 + y - 1)
 
 
-def official_center_points(masks: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
+def official_center_points(masks: torch.Tensor, input_size: tuple[int, int], keeps_aspect: bool = True) -> torch.Tensor:
     """GT masks N×H×W bool (original size) and the resized image's (h, w) -> N×1×2 float
-    (x, y) integer pixel indices in the input frame (steps 1–3 of the module docstring)."""
+    (x, y) integer pixel indices in the input frame (steps 1–3 of the module docstring).
+    A backbone whose frame does not keep the aspect ratio (``keeps_aspect`` False: SAM 2.1's
+    square resize) gets the mask resized to its frame directly."""
     points = torch.zeros(masks.shape[0], 1, 2)
     for i, mask in enumerate(masks.cpu().numpy().astype(np.uint8)):
-        size = rescale_size(mask.shape[0], mask.shape[1], tuple(input_size))
+        size = rescale_size(mask.shape[0], mask.shape[1], tuple(input_size)) if keeps_aspect else tuple(input_size)
         resized = resize_cv2(mask, size, nearest=True).astype(bool)
         points[i, 0] = torch.tensor(_official_point(resized), dtype=torch.float32)
     return points

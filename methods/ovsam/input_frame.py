@@ -45,6 +45,6 @@ def eval_pixels(sam, image: np.ndarray, resize: str = "cv2") -> torch.Tensor:
         return sam.preprocess(image)
     if resize != "cv2":
         raise ValueError(f"unknown image resize '{resize}'; valid: {', '.join(IMAGE_RESIZES)}")
-    resized = official_test_image(image, sam.image_size)
+    resized = resize_cv2(image, sam.input_size(image.shape[:2]))  # SAM v1: mmcv's rescale_size, the same numbers
     pixels = torch.as_tensor(resized, device=sam.device).permute(2, 0, 1).contiguous()[None]
     return sam.normalize_pixels(pixels)

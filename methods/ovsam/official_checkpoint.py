@@ -18,6 +18,7 @@ import re
 from collections import OrderedDict
 import torch
 
+from sambench.backbones.interface import require_sam_v1
 from sambench.errors import CheckpointError
 
 SAM2CLIP_PREFIX = "neck_student."
@@ -81,6 +82,7 @@ def _assign(model, mapped: dict[str, torch.Tensor], expected: list[str], source:
 
 def load_official_sam2clip(model, state: dict[str, torch.Tensor], source: str) -> None:
     """``neck_student.*`` -> ``model.adapter`` (strict both ways, ``pos_embed`` from the file)."""
+    require_sam_v1(model.sam, "official Open-Vocabulary SAM checkpoints")
     unknown = [k for k in state if not k.startswith(SAM2CLIP_PREFIX)]
     mapped = {_adapter_name(k[len(SAM2CLIP_PREFIX):]): v for k, v in state.items() if k.startswith(SAM2CLIP_PREFIX)}
     expected = [f"adapter.{k}" for k in model.adapter.state_dict()]
@@ -92,6 +94,7 @@ def load_official_sam2clip(model, state: dict[str, torch.Tensor], source: str) -
 
 def load_official_clip2sam(model, state: dict[str, torch.Tensor], source: str) -> None:
     """``fpn_neck.*`` + ``mask_decoder.*`` -> FPN, SAM decoder (used parts), label token, RoI conv."""
+    require_sam_v1(model.sam, "official Open-Vocabulary SAM checkpoints")
     unknown = [k for k in state if _clip2sam_name(k) is None]
     if unknown:
         raise CheckpointError(f"method.clip2sam_checkpoint: {source} has keys that are not OV-SAM's: {unknown[:5]} "
@@ -103,6 +106,7 @@ def load_official_clip2sam(model, state: dict[str, torch.Tensor], source: str) -
 
 def official_sam2clip_tensors(model) -> OrderedDict:
     """``model.adapter`` as the ``neck_student.*`` tensors of ``sam2clip_vith_rn50x16.pth`` (views)."""
+    require_sam_v1(model.sam, "official Open-Vocabulary SAM checkpoints")
     out = OrderedDict()
     for name, tensor in model.adapter.state_dict().items():
         key = re.sub(r"^patch_embeds\.(\d)\.", r"patch_embeds.\1.projection.", name).replace("level_embedding.", "level_encoding.")
@@ -112,6 +116,7 @@ def official_sam2clip_tensors(model) -> OrderedDict:
 
 def official_clip2sam_tensors(model) -> OrderedDict:
     """FPN + head as the ``fpn_neck.*`` + ``mask_decoder.*`` tensors of ``clip2sam_*_rn50x16.pth`` (views)."""
+    require_sam_v1(model.sam, "official Open-Vocabulary SAM checkpoints")
     own = dict(model.named_parameters()) | dict(model.named_buffers())
     out = OrderedDict()
     for key in _official_clip2sam_keys(model):

@@ -17,7 +17,7 @@ from torchvision.ops import roi_align
 
 from sambench import tasks
 from sambench.backbones.clip import ClipBackbone
-from sambench.backbones.interface import EXTRA_OUTPUT_TOKENS, VIT_ENCODER
+from sambench.backbones.interface import EXTRA_OUTPUT_TOKENS, VIT_ENCODER, ImageFeatures
 from sambench.checkpoint import load_trainable
 from sambench.errors import CheckpointError, ConfigError
 from sambench.method import SambenchMethod
@@ -50,19 +50,44 @@ def resnet_stage_channels(clip: ClipBackbone) -> tuple[int, ...]:
     return tuple(int(getattr(visual, f"layer{i}")[-1].conv3.out_channels) for i in range(1, 5))
 
 
+#: adapter sizes for a teacher that is no plain ViT (SAM 2.1, Light HQ-SAM), unless the config sets them
+NON_VIT_ADAPTER = {"dim": 256, "num_heads": 8}
+
+
 def build_adapter(clip: ClipBackbone, sam, *, num_heads: int | None = None, depth: int = 5,
-                  window: int = 14) -> Sam2ClipAdapter:
+                  window: int = 14, dim: int | None = None) -> Sam2ClipAdapter:
     """The SAM2CLIP adapter sized by the SAM it imitates: its ViT's width, grid and (unless
     ``num_heads`` is given) head count (ViT-H: 1280 / 64 / 16, so 128.8 M parameters; sam_tiny:
-    32 / 64 / 2, a few seconds per image on a CPU), with SAM's position embedding copied in."""
-    sizes = teacher_sizes(sam.encoder_spec())
+    32 / 64 / 2, a few seconds per image on a CPU), with SAM's position embedding copied in.
+    A teacher without a plain ViT (no ``vit_encoder`` capability) gives ``dim`` / ``num_heads``
+    (None: :data:`NON_VIT_ADAPTER`) and no position embedding; the levels its token decoder
+    needs (``token_decoder_levels``) get prediction heads."""
+    vit = VIT_ENCODER in sam.capabilities
+    if vit:
+        sizes = teacher_sizes(sam.encoder_spec())
+        if dim is not None and dim != sizes["dim"]:
+            raise ConfigError(f"adapter dim={dim}: with a ViT teacher the adapter takes its width ({sizes['dim']}); "
+                              "leave dim null")
+    else:
+        grid = sam.image_size // 16
+        sizes = {"dim": dim or NON_VIT_ADAPTER["dim"], "num_heads": NON_VIT_ADAPTER["num_heads"], "grid": grid}
     if num_heads is not None:
         sizes["num_heads"] = num_heads
     if sizes["dim"] % sizes["num_heads"]:
-        raise ConfigError(f"adapter num_heads={sizes['num_heads']} does not divide the SAM ViT width {sizes['dim']}")
-    adapter = Sam2ClipAdapter(in_channels=resnet_stage_channels(clip), depth=depth, window=window, **sizes)
-    adapter.copy_pos_embed(sam.encoder_pos_embed())
+        raise ConfigError(f"adapter num_heads={sizes['num_heads']} does not divide the adapter width {sizes['dim']}")
+    adapter = Sam2ClipAdapter(in_channels=resnet_stage_channels(clip), depth=depth, window=window,
+                              levels=sam.token_decoder_levels(), **sizes)
+    if vit:
+        adapter.copy_pos_embed(sam.encoder_pos_embed())
     return adapter
+
+
+def distillation_loss(student: ImageFeatures, teacher: ImageFeatures) -> torch.Tensor:
+    """MSE of the embedding plus, for each level the student predicts, that level's MSE."""
+    loss = F.mse_loss(student.embedding, teacher.embedding)
+    for name, level in student.levels.items():
+        loss = loss + F.mse_loss(level, teacher.levels[name])
+    return loss
 
 
 @METHODS.register_module(name="sam2clip")
@@ -73,25 +98,26 @@ class Sam2Clip(SambenchMethod):
         clip: :class:`ClipBackbone` keyword arguments (a ResNet model: RN50x16 officially).
         num_heads / depth / window: the adapter's transformer (official: 16 / 5 / 14); num_heads
             None = the teacher ViT's (ViT-H 16, sam_tiny 2).
+        dim: adapter width for a teacher that is no plain ViT (None: 256); a ViT teacher sets it.
     """
 
     TASK = tasks.IMAGE_DISTILLATION
-    REQUIRES = frozenset({VIT_ENCODER})
 
     def __init__(self, *, sam, clip: dict | None = None, num_heads: int | None = None, depth: int = 5,
-                 window: int = 14):
+                 window: int = 14, dim: int | None = None):
         super().__init__()
         sam.set_trainable()
         self.sam = sam
         self.clip = ClipBackbone(**(clip or {"model": "RN50x16"}))
-        self.adapter = build_adapter(self.clip, sam, num_heads=num_heads, depth=depth, window=window)
+        self.adapter = build_adapter(self.clip, sam, num_heads=num_heads, depth=depth, window=window, dim=dim)
 
-    def student(self, images) -> torch.Tensor:
-        """Images -> student embeddings B×256×64×64 (CLIP frozen, adapter trainable)."""
+    def student(self, images) -> ImageFeatures:
+        """Images -> student features: embedding B×256×64×64 plus the levels the backbone's token
+        decoder needs (CLIP frozen, adapter trainable), in the teacher's input frame."""
         pixels = torch.cat([self.sam.preprocess(image) for image in images])
         with torch.no_grad():
             stages = self.clip.stage_features(pixels)
-        return self.adapter(stages)
+        return self.adapter.features(stages)
 
     def official_files(self, *, name: str, backbone: str, dataset: str, ddp_prefix: bool = False) -> dict[str, dict]:
         """``sam2clip_<sam>_<clip>.pth`` (``neck_student.*``)."""
@@ -100,13 +126,13 @@ class Sam2Clip(SambenchMethod):
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         images = [sample.image for sample in batch]
-        teacher = self.sam.embed_images(images).embedding  # the target is the embedding itself
-        return {"loss_mse": F.mse_loss(self.student(images), teacher)}
+        teacher = self.sam.embed_images(images)  # the target is the embedding itself (and any levels)
+        return {"loss_mse": distillation_loss(self.student(images), teacher)}
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> list[Prediction]:
         images = [sample.image for sample in batch]
-        teacher, student = self.sam.embed_images(images).embedding, self.student(images).float()
+        teacher, student = self.sam.embed_images(images).embedding, self.student(images).embedding.float()
         predictions = []
         for sample, t, s in zip(batch, teacher, student):
             cosine = F.cosine_similarity(s, t, dim=0).mean()
@@ -152,7 +178,7 @@ class Clip2Sam(SambenchMethod):
     """
 
     TASK = tasks.OPEN_VOCAB_INSTANCE
-    REQUIRES = frozenset({VIT_ENCODER, EXTRA_OUTPUT_TOKENS})
+    REQUIRES = frozenset({EXTRA_OUTPUT_TOKENS})
     ROOT_KWARGS = ("cache_dir",)
 
     def __init__(
@@ -227,16 +253,17 @@ class Clip2Sam(SambenchMethod):
                 load_trainable(self.trainable_parameters(), tensors, Path(clip2sam_checkpoint))
 
     # ----- tensor-level pieces (also used by tools/count_flops.py) ------------------------------
-    def image_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """pixels B×3×1024×1024 (SAM-normalised, padded) -> (embedding B×256×64×64, CLIP stage
-        maps [B×C_i×1024/s_i²] for s = 4, 8, 16, 32, FPN maps [B×256×…])."""
+    def image_features(self, pixels: torch.Tensor) -> tuple[ImageFeatures, list[torch.Tensor], list[torch.Tensor]]:
+        """pixels B×3×1024×1024 (SAM-normalised, padded) -> (adapter features: embedding
+        B×256×64×64 plus any levels the backbone's decoder needs, CLIP stage maps
+        [B×C_i×1024/s_i²] for s = 4, 8, 16, 32, FPN maps [B×256×…])."""
         with torch.no_grad():
             stages = self.clip.stage_features(pixels)
-            embedding = self.adapter(stages)
-        return embedding, stages, self.fpn(stages)
+            features = self.adapter.features(stages)
+        return features, stages, self.fpn(stages)
 
-    def decode(self, embedding: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One image: embedding 1×256×64×64, N prompts -> (low-res logits N×1×256×256, label-token output N×256)."""
+    def decode(self, embedding: ImageFeatures, sparse: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One image: features (embedding 1×256×64×64), N prompts -> (low-res logits N×1×256×256, label-token output N×256)."""
         return self.sam.decode_with_output_token(embedding, self.label.token.weight, sparse, dense)
 
     def class_logits(self, fpn: list[torch.Tensor], rois: torch.Tensor, token_out: torch.Tensor,
@@ -312,7 +339,8 @@ class Clip2Sam(SambenchMethod):
             boxes, det_scores = self.detections(sample.meta.get("image_id", sample.index))
             prompts = {"boxes": boxes}
         elif official_points:  # integer pixels of the 1024 frame already
-            prompts = {"points": official_center_points(sample.masks, self.sam.input_size(sample.size))}
+            prompts = {"points": official_center_points(sample.masks, self.sam.input_size(sample.size),
+                                                        self.sam.KEEPS_ASPECT)}
         else:
             prompts = gt_prompts(sample, self.prompt)
         if next(iter(prompts.values())).shape[0] == 0:

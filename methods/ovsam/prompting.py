@@ -47,12 +47,12 @@ def gt_prompts(sample, mode: str) -> dict[str, torch.Tensor]:
     raise ConfigError(f"unknown method.prompt '{mode}'; valid: {', '.join(EVAL_PROMPTS)}")
 
 
-def official_point_prompts(sample, input_size: tuple[int, int]) -> dict[str, torch.Tensor]:
+def official_point_prompts(sample, input_size: tuple[int, int], keeps_aspect: bool = True) -> dict[str, torch.Tensor]:
     """The official evaluation points (:func:`~methods.ovsam.center_points.official_center_points`,
     integer pixels of the 1024 frame of size ``input_size``) as original-pixel ``points`` N×1×2 +
     ``point_labels`` N×1, for SAM wrappers that scale original prompts by (new / old) per axis
     (the round trip is exact to float rounding)."""
-    points = official_center_points(sample.masks, input_size).double()
+    points = official_center_points(sample.masks, input_size, keeps_aspect).double()
     h, w = sample.size
     points = (points / torch.tensor([input_size[1] / w, input_size[0] / h], dtype=torch.double)).float()
     return {"points": points, "point_labels": torch.ones(points.shape[:2], dtype=torch.long)}

@@ -13,9 +13,12 @@ from __future__ import annotations
 import torch
 
 
-def grid_points(grid: int, aspect: float, frame: int = 1024) -> torch.Tensor:
-    """Q×2 (x, y) cell centres in SAM's input frame (long side ``frame``, top-left aligned)."""
+def grid_points(grid: int, aspect: float, frame: int = 1024, keeps_aspect: bool = True) -> torch.Tensor:
+    """Q×2 (x, y) cell centres in SAM's input frame (long side ``frame``, top-left aligned; a
+    backbone that stretches the image to the square, ``keeps_aspect`` False, covers it all)."""
     width, height = (frame, frame / aspect) if aspect >= 1 else (frame * aspect, frame)
+    if not keeps_aspect:
+        width = height = frame
     xs = (torch.arange(grid, dtype=torch.float32) + 0.5) * width / grid
     ys = (torch.arange(grid, dtype=torch.float32) + 0.5) * height / grid
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
@@ -25,7 +28,7 @@ def grid_points(grid: int, aspect: float, frame: int = 1024) -> torch.Tensor:
 @torch.no_grad()
 def spatial_defaults(sam, grid: int, aspect: float) -> torch.Tensor:
     """Q×2×256 sparse embeddings of the grid points (``sam``: the backbone; its prompt encoder, run once)."""
-    points = grid_points(grid, aspect, sam.image_size).to(sam.device)
+    points = grid_points(grid, aspect, sam.image_size, sam.KEEPS_ASPECT).to(sam.device)
     labels = torch.ones(len(points), 1, dtype=torch.long, device=points.device)
     sparse, _ = sam.encode_frame_prompts(points=points[:, None], point_labels=labels)
     return sparse

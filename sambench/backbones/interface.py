@@ -137,6 +137,8 @@ class SegmentationBackbone(nn.Module):
 
     #: what this backbone can do beyond the common contract (see the constants above)
     CAPABILITIES: frozenset[str] = frozenset()
+    #: the registry name of the family (``sam``, ``sam2``, ``sam_hq``): the config's ``backbone.family``
+    FAMILY: str = ""
 
     image_size: int  # input side of the encoder's frame (longest image side is resized to it)
 
@@ -172,9 +174,20 @@ class SegmentationBackbone(nn.Module):
         """The ViT's absolute position embedding 1×g×g×width (capability ``vit_encoder``)."""
         raise NotImplementedError
 
+    def token_decoder_levels(self) -> dict[str, tuple[int, int]]:
+        """The feature levels :meth:`decode_with_output_token` needs besides the embedding:
+        name -> (channels, stride) (SAM v1 / HQ-SAM: none; SAM 2.1: its stride-4 and -8 maps).
+        Open-Vocabulary SAM's adapter predicts these for backbones whose image encoder it replaces."""
+        return {}
+
     # ----- images -----------------------------------------------------------------------------
+    #: whether the resize into the encoder's frame keeps the aspect ratio (longest side to
+    #: ``image_size``, then padding: SAM v1, HQ-SAM) or stretches to the square (SAM 2.1)
+    KEEPS_ASPECT: bool = True
+
     def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
-        """(h, w) of the image after resizing its longest side to ``image_size``."""
+        """(h, w) of the image in the encoder's frame: its longest side resized to ``image_size``
+        (``KEEPS_ASPECT``), or the whole square (SAM 2.1)."""
         raise NotImplementedError
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
@@ -300,3 +313,12 @@ def check_capabilities(method_name: str, method_cls: type, backbone_name: str, c
         fits = f"; backbones that fit: {', '.join(fitting)}" if fitting else ""
         raise ConfigError(f"method '{method_name}' needs backbone capabilities {', '.join(missing)}, which backbone "
                           f"'{backbone_name}' lacks (it has: {has}){fits}")
+
+
+def require_sam_v1(backbone: SegmentationBackbone, what: str) -> None:
+    """Raise a ConfigError unless ``backbone`` is SAM v1: the authors' released files of DIT and
+    Open-Vocabulary SAM (``what``) hold SAM v1 tensors only."""
+    if backbone.FAMILY != "sam":
+        raise ConfigError(f"{what}: the authors released files for SAM v1 backbones only (backbone=sam_vit_b/l/h), "
+                          f"not for backbone={getattr(backbone, 'name', type(backbone).__name__)} "
+                          f"(family {backbone.FAMILY or '?'}); train it with sambench instead")

@@ -56,6 +56,7 @@ class SamBackbone(SegmentationBackbone):
     """
 
     CAPABILITIES = frozenset({TOKEN_INJECTION, EXTRA_OUTPUT_TOKENS, TWO_WAY_TRANSFORMER_FN, VIT_ENCODER})
+    FAMILY = "sam"
 
     def __init__(
         self,

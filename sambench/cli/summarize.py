@@ -8,6 +8,10 @@ Statistics: the std is the *sample* standard deviation over seeds (``statistics.
 with one seed only the mean is shown and the CSV std is empty. The table shows 2 decimals, the CSV
 full precision. Only top-level numbers of ``metrics.json`` count (nested per-class tables are
 ignored). Unusable folders get a one-line warning on stderr; none usable -> exit status 2.
+
+When the runs use more than one backbone (or with ``--pivot METRIC``), one more table per dataset
+follows: methods as rows, backbones as columns, one metric in the cells (``--pivot``, else the
+first metric the dataset's runs report), ``-`` where a pairing has no run.
 """
 
 from __future__ import annotations
@@ -173,6 +177,25 @@ def markdown_table(summaries: list[GroupSummary], metric_names: list[str]) -> st
     return "\n".join(lines)
 
 
+def pivot_tables(summaries: list[GroupSummary], metric: str | None = None) -> str:
+    """Per dataset, a Markdown table of methods (rows) × backbones (columns) of one metric
+    (``metric``, else the first one the dataset's runs report); ``-`` for pairings without runs."""
+    blocks = []
+    for dataset in sorted({group.dataset for group in summaries}):
+        groups = [group for group in summaries if group.dataset == dataset]
+        name = metric or next((n for group in groups for n, v in group.values.items() if v), None)
+        if name is None:
+            continue
+        backbones = sorted({group.backbone for group in groups})
+        cell = {(group.method, group.backbone): format_cell(group.values.get(name, [])) for group in groups}
+        lines = [f"{dataset}: {name}", "", "| method | " + " | ".join(backbones) + " |",
+                 "|---|" + "|".join("---:" for _ in backbones) + "|"]
+        for method in sorted({group.method for group in groups}):
+            lines.append(f"| {method} | " + " | ".join(cell.get((method, b), "-") for b in backbones) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
 def write_csv(path: Path, summaries: list[GroupSummary], metric_names: list[str]) -> None:
     """CSV with method,dataset,backbone,n,<metric>_mean,<metric>_std (empty = not available)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -242,6 +265,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--metrics", default=None, help="comma-separated metric names (default: every metric found except step and num_*)"
     )
     parser.add_argument("--chart", type=Path, default=None, help="also write a bar chart PNG here")
+    parser.add_argument("--pivot", default=None, metavar="METRIC",
+                        help="also print method × backbone tables of METRIC per dataset (an empty METRIC: each dataset's "
+                             "first metric, which is also what runs over several backbones get without the flag)")
     return parser.parse_args(argv)
 
 
@@ -274,6 +300,8 @@ def main(argv: list[str]) -> int:
         ))
     summaries = group_runs(runs, metric_names)
     print(markdown_table(summaries, metric_names))
+    if args.pivot is not None or len({run.backbone for run in runs}) > 1:
+        print("\n" + pivot_tables(summaries, args.pivot or None))
     write_csv(args.csv, summaries, metric_names)
     print(f"wrote {args.csv}", file=sys.stderr)
     if args.chart is not None:

@@ -36,3 +36,14 @@ def test_the_tool_prints_the_table(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| ovsam |" in result.stdout and "| feature_crop |" in result.stdout
     assert (tmp_path / "flops.json").read_text().count("gmacs") == 3
+
+
+def test_backbone_table_measures_a_built_backbone():
+    from sambench.cli.backbone_cost import backbone_table, build_random, measure_backbone
+
+    result = measure_backbone("sam_tiny", image_hw=(60, 80))
+    reference = build_random("sam_tiny")
+    assert result["params_m"] == sum(p.numel() for p in reference.parameters()) / 1e6
+    assert result["gmacs"] > 1 and result["warm_ms"] < result["cold_ms"]  # the warm round is a cache read
+    row = backbone_table({"sam_tiny": result}).splitlines()[2]
+    assert row.startswith("| sam_tiny | ") and f"{result['params_m']:,.1f}" in row

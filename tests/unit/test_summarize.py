@@ -167,3 +167,24 @@ def test_bookkeeping_numbers_are_left_out_unless_asked(tmp_path, capsys):
     assert list(table_rows(capsys.readouterr().out)[0]) == ["method", "dataset", "backbone", "n", "mIoU"]
     assert main([str(run), "--csv", str(tmp_path / "s.csv"), "--metrics", "mIoU,step"]) == 0
     assert table_rows(capsys.readouterr().out)[0]["step"] == "30.00"
+
+
+def test_several_backbones_add_a_method_by_backbone_table_per_dataset(tmp_path, capsys):
+    root = tmp_path / "outputs"
+    make_run(root / "1", method="persam", dataset="perseg", seed=0, metrics={"mIoU": 80.0, "bIoU": 1.0}, backbone="sam_tiny")
+    make_run(root / "2", method="persam", dataset="perseg", seed=1, metrics={"mIoU": 82.0, "bIoU": 1.0}, backbone="sam_tiny")
+    make_run(root / "3", method="persam", dataset="perseg", seed=0, metrics={"mIoU": 70.0}, backbone="sam2_tiny")
+    make_run(root / "4", method="sam_prompted", dataset="perseg", seed=0, metrics={"mIoU": 60.0}, backbone="sam2_tiny")
+    make_run(root / "5", method="ssprompt", dataset="ade20k", seed=0, metrics={"mIoU_s": 5.0}, backbone="sam_tiny")
+    assert main([str(root), "--csv", str(tmp_path / "s.csv")]) == 0
+    out = capsys.readouterr().out
+    ade, perseg = out.split("ade20k: mIoU_s")[1].split("perseg: mIoU")
+    rows = table_rows(perseg)
+    assert rows == [{"method": "persam", "sam2_tiny": "70.00", "sam_tiny": "81.00 ± 1.41"},
+                    {"method": "sam_prompted", "sam2_tiny": "60.00", "sam_tiny": "-"}]
+    assert table_rows(ade) == [{"method": "ssprompt", "sam_tiny": "5.00"}]
+    # one backbone: no pivot unless asked for
+    assert main([str(root / "1"), str(root / "2"), "--csv", str(tmp_path / "t.csv")]) == 0
+    assert ": mIoU" not in capsys.readouterr().out
+    assert main([str(root / "1"), "--pivot", "bIoU", "--csv", str(tmp_path / "u.csv")]) == 0
+    assert table_rows(capsys.readouterr().out.split("perseg: bIoU")[1]) == [{"method": "persam", "sam_tiny": "1.00"}]
