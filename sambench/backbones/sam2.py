@@ -7,7 +7,9 @@ wrapped as ``SAM2ImagePredictor`` uses it.
 - ``encode_features`` = ``forward_image`` + ``_prepare_backbone_features`` + ``no_mem_embed``
   added to the stride-16 map (``directly_add_no_mem_embed``): embedding B×256×64×64 and levels
   ``high_res_s0`` B×32×256×256 (stride 4) and ``high_res_s1`` B×64×128×128 (stride 8), already
-  projected by the decoder's ``conv_s0`` / ``conv_s1`` as upstream precomputes them.
+  projected by the decoder's ``conv_s0`` / ``conv_s1`` as upstream precomputes them. These are
+  the predictor's own (permuted) views; ``embed_images`` and the cache return contiguous copies of
+  the same values, after which the decoder's convolutions may round differently (≤ 1e-6, tested).
 - Prompts: coordinates ``transform_coords(normalize=True)`` (x/w·1024, y/h·1024, float32); a box
   becomes two points labelled 2, 3 placed before the clicks (``SAM2ImagePredictor._predict``).
 - ``decode`` takes the :class:`ImageFeatures` (the levels reach the decoder); upstream semantics:
