@@ -314,7 +314,12 @@ class Clip2Sam(SambenchMethod):
             points = random_foreground_points(gt[index[half:]].cpu()).to(device)
             sparse_b, dense_b = self.prompt_embeddings(boxes=boxes[:half])
             sparse_p, dense_p = self.prompt_embeddings(points=points)
-            low_res, token_out = self.decode(embedding, torch.cat([sparse_b, sparse_p]), torch.cat([dense_b, dense_p]))
+            if sparse_b.shape[1] == sparse_p.shape[1]:  # SAM v1: a box and a point are both 2 tokens
+                low_res, token_out = self.decode(embedding, torch.cat([sparse_b, sparse_p]), torch.cat([dense_b, dense_p]))
+            else:  # SAM 2.1 pads a box to 3 tokens: decode the two groups apart (prompt sets are independent)
+                outputs = [self.decode(embedding, sparse, dense) for sparse, dense in ((sparse_b, dense_b), (sparse_p, dense_p))
+                           if len(sparse)]
+                low_res, token_out = (torch.cat(parts) for parts in zip(*outputs))
             rois = torch.cat([boxes.new_zeros(len(boxes), 1), boxes], dim=1)
             logits.append(self.class_logits(fpn, rois, token_out, text))
             labels.append(sample.class_ids.to(device)[keep.to(device)][index])

@@ -74,6 +74,8 @@ class Sam2Backbone(SegmentationBackbone):
     """
 
     CAPABILITIES = frozenset({TWO_WAY_TRANSFORMER_FN, EXTRA_OUTPUT_TOKENS, HIGH_RES_FEATURES})
+    FAMILY = "sam2"
+    KEEPS_ASPECT = False  # SAM2Transforms resizes to the 1024² square
 
     def __init__(
         self,
@@ -172,6 +174,12 @@ class Sam2Backbone(SegmentationBackbone):
         if output_token_only:
             for unused in (decoder.iou_token, decoder.iou_prediction_head, *decoder.output_hypernetworks_mlps[1:]):
                 unused.requires_grad_(False)
+
+    def token_decoder_levels(self) -> dict[str, tuple[int, int]]:
+        """``decode_with_output_token`` needs both high-resolution maps (after the decoder's
+        ``conv_s0`` / ``conv_s1``): ``high_res_s0`` (32 channels, stride 4), ``high_res_s1`` (64, stride 8)."""
+        decoder = self._raw_model().sam_mask_decoder
+        return {"high_res_s0": (int(decoder.conv_s0.out_channels), 4), "high_res_s1": (int(decoder.conv_s1.out_channels), 8)}
 
     # ----- images -----------------------------------------------------------------------------
     def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:

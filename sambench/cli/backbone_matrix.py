@@ -121,7 +121,7 @@ def run_pair(entry: Entry, backbone: str, out: Path, roots: dict[str, Path], run
     if entry.after:
         before = runs.get((entry.after[0], backbone))
         if before is None:
-            return f"needs the {entry.after[0]} run of {backbone}, which did not succeed"
+            return f"not run: needs a successful {entry.after[0]} run of {backbone} first (--methods {entry.after[0]},{entry.method})"
         base.append(f"{entry.after[1]}={before}")
     folder = out / entry.method / backbone
     checkpoint = []
