@@ -416,6 +416,22 @@ def test_capabilities_per_variant_and_configs():
     assert {k: tiny[k] for k in TINY_HQ} == TINY_HQ
 
 
+def test_compose_time_pairing_with_the_light_variant():
+    from hydra import compose, initialize_config_dir
+
+    from sambench import CONFIG_DIR
+    from sambench.cli.build import check_config
+    from sambench.registry import load_plugins
+
+    load_plugins()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        fits = compose("train", overrides=["method=dit_layerwise", "backbone=sam_hq_tiny"])
+        light = compose("train", overrides=["method=dit_layerwise", "backbone=sam_hq_vit_tiny"])
+    check_config(fits)
+    with pytest.raises(ConfigError, match=r"token_injection.*'sam_hq_vit_tiny'.*backbones that fit: .*sam_hq_tiny"):
+        check_config(light)
+
+
 # ----- checkpoints ----------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", ["vit_b", "vit_l", "vit_h", "vit_tiny"])
 def test_official_variant_without_weights_names_the_file(variant):
