@@ -41,7 +41,8 @@ _TIMM_REGISTRY = ("_module_to_models", "_model_to_module", "_model_entrypoints",
                   "_model_default_cfgs", "_model_pretrained_cfgs", "_model_with_tags",
                   "_module_to_deprecated_models", "_deprecated_models")
 #: the warnings importing segment_anything_hq raises about timm (nothing else is silenced)
-_IMPORT_WARNINGS = (r"Overwriting tiny_vit_\w+ in registry", r"Importing from timm\.models\.(registry|layers) is deprecated")
+_IMPORT_WARNINGS = (r"Overwriting tiny_vit_\w+ in registry",
+                    r"Importing from timm\.models\.(registry|layers) is deprecated")
 
 
 def import_sam_hq() -> ModuleType:

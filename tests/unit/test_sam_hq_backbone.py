@@ -225,7 +225,10 @@ def test_transformer_fn_receives_upstream_transformer_and_is_used(backbone, scen
 
 
 def test_persam_transformer_runs_through_decode(backbone, scenes):
-    from methods.persam.guided_decoder import PerSAMTransformer
+    from sambench.registry import load_plugins
+
+    load_plugins()  # the plugin package, as the methods are imported (never ``methods.`` itself)
+    from sambench_plugins.methods.persam.guided_decoder import PerSAMTransformer
 
     scene = scenes(SHAPES[1])
     with torch.no_grad():
@@ -338,7 +341,8 @@ def test_gradients_reach_encoder_and_hq_parts(backbone):
             (logits.sigmoid().mean() + iou.sum()).backward()
         raw = backbone._raw_sam()
         for part in HQ_PARTS:
-            assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in getattr(raw.mask_decoder, part).parameters()), part
+            grads = [p.grad for p in getattr(raw.mask_decoder, part).parameters()]
+            assert any(g is not None and g.abs().sum() > 0 for g in grads), part
         assert raw.image_encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
     finally:
         backbone.zero_grad(set_to_none=True)
