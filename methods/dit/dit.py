@@ -109,10 +109,10 @@ class TextInstructedSam(SambenchMethod):
             block_fn = self.injection.block_fn(features, mask if self.mask_text_padding else None, self.attention)
         elif self.attention == "global":  # the official encoder without text: no windows either
             block_fn = _global_block
-        embeddings = self.sam.encode(pixels, block_fn)  # B×256×h×w
+        image = self.sam.encode_features(pixels, block_fn)  # embedding B×256×h×w (+ HQ-SAM's early ViT level)
         sparse = self.text_proj(features)  # B×T×256 (padding tokens included, as official)
-        dense = self.sam.no_mask_embedding(len(texts), tuple(embeddings.shape[-2:]))
-        low_res, _ = self.sam.decode(embeddings, sparse, dense, multimask_output=False, transformer_fn=self.extra_layers)
+        dense = self.sam.no_mask_embedding(len(texts), tuple(image.embedding.shape[-2:]))
+        low_res, _ = self.sam.decode(image, sparse, dense, multimask_output=False, transformer_fn=self.extra_layers)
         return F.interpolate(low_res, size=pixels.shape[-2:], mode="bilinear", align_corners=True)
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:

@@ -73,7 +73,7 @@ class SamBackbone(SegmentationBackbone):
         init_seed: int = 0,
     ):
         super().__init__()
-        self.name = name
+        self.name, self.variant = name, variant
         self.add_module(RAW, build_sam_model(
             variant, checkpoint, allow_random_init, encoder_embed_dim, encoder_depth,
             encoder_num_heads, encoder_global_attn_indexes, init_seed,

@@ -61,6 +61,7 @@ class SamHqBackbone(SamBackbone):
 
     CAPABILITIES = frozenset({TOKEN_INJECTION, EXTRA_OUTPUT_TOKENS, TWO_WAY_TRANSFORMER_FN, VIT_ENCODER,
                               HIGH_RES_FEATURES})
+    FAMILY = "sam_hq"  # not SAM v1, although a subclass: the authors' DIT / OV-SAM files do not fit it
 
     def __init__(
         self,

@@ -88,3 +88,40 @@ def test_official_files_are_sam_v1_only():
     other = Other(**TINY_SAM)
     with pytest.raises(ConfigError, match=r"official DIT checkpoints: the authors released files for SAM v1 .*sam_tiny"):
         require_sam_v1(other, "official DIT checkpoints")
+
+
+def compose_cfg(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from sambench import REPO_ROOT
+
+    with initialize_config_dir(str(REPO_ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def test_dit_on_sam2_is_refused_at_compose_time_naming_the_backbones_that_fit():
+    from sambench.cli.build import check_config
+
+    with pytest.raises(ConfigError) as error:
+        check_config(compose_cfg("method=dit_layerwise", "backbone=sam2.1_hiera_t"))
+    message = str(error.value)
+    assert "'dit_layerwise' needs backbone capabilities token_injection" in message and "'sam2.1_hiera_t'" in message
+    fits = message.split("backbones that fit: ")[1].split(", ")
+    assert {"sam_tiny", "sam_vit_b", "sam_vit_h"} <= set(fits)
+    assert not any(name.startswith("sam2") for name in fits)
+
+
+@pytest.mark.parametrize("method", ["sam_prompted", "persam", "persam_f", "ssprompt", "sam2clip", "clip2sam", "ovsam"])
+def test_every_other_method_composes_on_sam2(method):
+    from sambench.cli.build import check_config
+
+    check_config(compose_cfg(f"method={method}", "backbone=sam2.1_hiera_l"))
+
+
+def test_hq_sam_is_no_sam_v1_for_the_official_files():
+    from sambench.backbones.sam_hq import SamHqBackbone
+
+    hq = SamHqBackbone(name="sam_hq_tiny", variant="tiny", encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
+                       encoder_global_attn_indexes=[1], allow_random_init=True)
+    with pytest.raises(ConfigError, match="not for backbone=sam_hq_tiny"):
+        require_sam_v1(hq, "official Open-Vocabulary SAM checkpoints")
