@@ -20,7 +20,7 @@ import argparse
 import contextlib
 import io
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from sambench.cli import summarize
@@ -33,35 +33,45 @@ CPU = ("trainer.device=cpu",)
 @dataclass(frozen=True)
 class Entry:
     """One method's matrix row: its dataset (``data``: the generated folder it reads, or None for
-    a bundled one), whether it trains first, the overrides that keep it quick, and the method
-    whose run of the same backbone it builds on (``after``, passed as ``after_key=<run>``)."""
+    a bundled one), whether it trains first, the overrides that keep it quick, and the runs of
+    the same backbone it builds on (``after``: (method, config key) pairs, passed as ``key=<run>``)."""
 
     method: str
     dataset: str
     train: bool
     data: str | None = None
     overrides: tuple[str, ...] = ()
-    after: tuple[str, str] | None = None
-    eval_overrides: tuple[str, ...] = field(default=())
+    after: tuple[tuple[str, str], ...] = ()
 
 
+SEMANTIC = ("method.grid=2", "dataset.few_shot.shots=1", "trainer.max_steps=2", "trainer.batch_size=2",
+            "trainer.eval.batch_size=2")
+SMALL_ADAPTER = ("method.adapter.depth=1", "method.adapter.num_heads=2", "method.adapter.dim=32")
+REFERRING = ("trainer.max_steps=2", "trainer.batch_size=2", "trainer.eval.batch_size=4")
 ENTRIES = (
-    Entry("sam_prompted", "sample", train=True, overrides=("trainer.max_steps=2",)),
+    Entry("sam_prompted", "sample", train=True, overrides=("trainer.max_steps=10",)),
     Entry("persam", "perseg", train=False),
     Entry("persam_f", "perseg", train=False, overrides=("method.iterations=5",)),
-    Entry("ssprompt", "cityscapes", train=True, data="cityscapes",
-          overrides=("method.grid=2", "dataset.few_shot.shots=1", "trainer.max_steps=2", "trainer.batch_size=2",
-                     "trainer.eval.batch_size=2")),
+    Entry("ssprompt", "cityscapes", train=True, data="cityscapes", overrides=SEMANTIC),
+    Entry("spaprompt", "cityscapes", train=True, data="cityscapes", overrides=SEMANTIC),
+    Entry("semprompt", "cityscapes", train=True, data="cityscapes", overrides=SEMANTIC),
+    Entry("coop", "cityscapes", train=True, data="cityscapes", overrides=SEMANTIC),
+    Entry("zero_shot_prompts", "cityscapes", train=False, data="cityscapes", overrides=SEMANTIC),
     Entry("sam2clip", "image_folder", train=True, data="images",
           overrides=("dataset.eval_images=1", "method.depth=1", "method.num_heads=2", "method.dim=32",
                      "trainer.max_steps=1")),
     Entry("clip2sam", "coco_ov", train=True, data="coco",
-          overrides=("method.adapter.depth=1", "method.adapter.num_heads=2", "method.adapter.dim=32",
-                     "method.num_prompts=2", "method.num_points=256", "trainer.max_steps=1",
+          overrides=(*SMALL_ADAPTER, "method.num_prompts=2", "method.num_points=256", "trainer.max_steps=1",
                      "trainer.schedule.warmup_steps=0", "trainer.batch_size=1", "method.allow_untrained=false"),
-          after=("sam2clip", "method.sam2clip_checkpoint")),
-    Entry("dit_layerwise", "refcoco", train=True, data="refcoco",
-          overrides=("trainer.max_steps=2", "trainer.batch_size=2", "trainer.eval.batch_size=4")),
+          after=(("sam2clip", "method.sam2clip_checkpoint"),)),
+    Entry("ovsam", "coco_ov", train=False, data="coco", overrides=(*SMALL_ADAPTER, "method.allow_untrained=false"),
+          after=(("sam2clip", "method.sam2clip_checkpoint"), ("clip2sam", "method.clip2sam_checkpoint"))),
+    Entry("image_crop", "coco_ov", train=False, data="coco"),
+    Entry("feature_crop", "coco_ov", train=False, data="coco"),
+    Entry("dit_layerwise", "refcoco", train=True, data="refcoco", overrides=REFERRING),
+    Entry("dit_e2e", "refcoco", train=True, data="refcoco", overrides=REFERRING),
+    Entry("sam_text", "refcoco", train=True, data="refcoco", overrides=REFERRING),
+    Entry("sam_text_declayers", "refcoco", train=True, data="refcoco", overrides=REFERRING),
 )
 
 
@@ -118,11 +128,11 @@ def run_pair(entry: Entry, backbone: str, out: Path, roots: dict[str, Path], run
     base = [f"method={entry.method}", f"dataset={entry.dataset}", f"backbone={backbone}", *CPU, *entry.overrides]
     if entry.data:
         base.append(f"dataset.root={roots[entry.data]}")
-    if entry.after:
-        before = runs.get((entry.after[0], backbone))
+    for method, key in entry.after:
+        before = runs.get((method, backbone))
         if before is None:
-            return f"not run: needs a successful {entry.after[0]} run of {backbone} first (--methods {entry.after[0]},{entry.method})"
-        base.append(f"{entry.after[1]}={before}")
+            return f"not run: needs a successful {method} run of {backbone} first (--methods {method},...,{entry.method})"
+        base.append(f"{key}={before}")
     folder = out / entry.method / backbone
     checkpoint = []
     if entry.train:
@@ -131,7 +141,7 @@ def run_pair(entry: Entry, backbone: str, out: Path, roots: dict[str, Path], run
             return "train failed: " + (result.stderr.strip().splitlines() or ["?"])[-1]
         runs[(entry.method, backbone)] = folder / "train"
         checkpoint = [f"ckpt={folder / 'train'}"]
-    result = run_job("eval", *base, *checkpoint, *entry.eval_overrides, f"hydra.run.dir={folder / 'eval'}")
+    result = run_job("eval", *base, *checkpoint, f"hydra.run.dir={folder / 'eval'}")
     if result.returncode != 0:
         return "eval failed: " + (result.stderr.strip().splitlines() or ["?"])[-1]
     return "ok"

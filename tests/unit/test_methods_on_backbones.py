@@ -125,3 +125,12 @@ def test_hq_sam_is_no_sam_v1_for_the_official_files():
                        encoder_global_attn_indexes=[1], allow_random_init=True)
     with pytest.raises(ConfigError, match="not for backbone=sam_hq_tiny"):
         require_sam_v1(hq, "official Open-Vocabulary SAM checkpoints")
+
+
+def test_sam_hq_tiny_is_sam_tiny_plus_the_hq_parts():
+    from sambench.cli.backbone_cost import build_random
+
+    sam, hq = build_random("sam_tiny").state_dict(), build_random("sam_hq_tiny").state_dict()
+    assert set(sam) < set(hq) and all(torch.equal(sam[k], hq[k]) for k in sam)
+    extra = {k.split(".")[2] for k in set(hq) - set(sam)}
+    assert extra == {"hf_token", "hf_mlp", "compress_vit_feat", "embedding_encoder", "embedding_maskfeature"}
