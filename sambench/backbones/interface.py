@@ -139,6 +139,23 @@ class SegmentationBackbone(nn.Module):
     CAPABILITIES: frozenset[str] = frozenset()
     #: the registry name of the family (``sam``, ``sam2``, ``sam_hq``): the config's ``backbone.family``
     FAMILY: str = ""
+    #: the submodule name of the private upstream model (its state-dict prefix) and the method that
+    #: returns it (for official key maps, flop counts and reference tests only)
+    RAW: str = ""
+    RAW_ACCESSOR: str = ""
+
+    # ----- the private upstream model ---------------------------------------------------------
+    def __getattr__(self, name: str):
+        if name and name == type(self).RAW:
+            raise AttributeError(
+                f"{type(self).__name__}.{name} is private: use the backbone interface (sambench/backbones/interface.py); "
+                f"official key maps, flop counts and reference tests may use {type(self).__name__}.{self.RAW_ACCESSOR}()")
+        return super().__getattr__(name)
+
+    def __setattr__(self, name: str, value) -> None:
+        if name and name == type(self).RAW:
+            raise AttributeError(f"{type(self).__name__}.{name} is private and set once, in __init__")
+        super().__setattr__(name, value)
 
     image_size: int  # input side of the encoder's frame (longest image side is resized to it)
 

@@ -28,9 +28,6 @@ from sambench.backbones.sam_extensions import (default_transformer_fn, run_image
                                                run_single_mask_decoder)
 from sambench.cache import EmbeddingCache
 
-#: name of the private upstream ``Sam`` submodule (state-dict prefix ``sam.``)
-RAW = "sam"
-
 
 class DroppedImageEncoder(nn.Module):
     """Stands in for a freed image encoder: keeps ``img_size`` (pre-processing), refuses to run."""
@@ -57,6 +54,7 @@ class SamBackbone(SegmentationBackbone):
 
     CAPABILITIES = frozenset({TOKEN_INJECTION, EXTRA_OUTPUT_TOKENS, TWO_WAY_TRANSFORMER_FN, VIT_ENCODER})
     FAMILY = "sam"
+    RAW, RAW_ACCESSOR = "sam", "_raw_sam"
 
     def __init__(
         self,
@@ -74,7 +72,7 @@ class SamBackbone(SegmentationBackbone):
     ):
         super().__init__()
         self.name, self.variant = name, variant
-        self.add_module(RAW, build_sam_model(
+        self.add_module(self.RAW, self.build_model(
             variant, checkpoint, allow_random_init, encoder_embed_dim, encoder_depth,
             encoder_num_heads, encoder_global_attn_indexes, init_seed,
         ))
@@ -87,22 +85,12 @@ class SamBackbone(SegmentationBackbone):
             weights = file_sha256(checkpoint) if checkpoint else module_sha256(raw.image_encoder)
             self.cache = EmbeddingCache(cache_dir, f"{name}-{weights[:16]}")
 
-    # ----- the private upstream model ---------------------------------------------------------
-    def __getattr__(self, name: str):
-        if name == RAW:
-            raise AttributeError(
-                "SamBackbone.sam is private: use the backbone interface (sambench/backbones/interface.py); "
-                "official key maps and reference tests may use SamBackbone._raw_sam()")
-        return super().__getattr__(name)
-
-    def __setattr__(self, name: str, value) -> None:
-        if name == RAW:
-            raise AttributeError("SamBackbone.sam is private and set once, in __init__")
-        super().__setattr__(name, value)
+    #: builds the upstream model: (variant, checkpoint, allow_random_init, encoder sizes…, init_seed) -> Sam
+    build_model = staticmethod(build_sam_model)
 
     def _raw_sam(self) -> Sam:
         """The upstream ``Sam`` (official key maps, flop counts and reference tests only)."""
-        return self._modules[RAW]
+        return self._modules[self.RAW]
 
     # ----- sizes ------------------------------------------------------------------------------
     @property

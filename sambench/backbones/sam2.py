@@ -48,8 +48,6 @@ from sambench.backbones.sam_checkpoint import file_sha256, module_sha256
 from sambench.cache import EmbeddingCache
 from sambench.errors import ConfigError
 
-#: name of the private upstream ``SAM2Base`` submodule (state-dict prefix ``sam2.``)
-RAW = "sam2"
 #: the feature levels of :meth:`Sam2Backbone.encode_features`, highest resolution first
 HIGH_RES_LEVELS = ("high_res_s0", "high_res_s1")
 #: ``SAM2ImagePredictor._predict`` clamps the low-res logits it returns to ±this
@@ -75,6 +73,7 @@ class Sam2Backbone(SegmentationBackbone):
 
     CAPABILITIES = frozenset({TWO_WAY_TRANSFORMER_FN, EXTRA_OUTPUT_TOKENS, HIGH_RES_FEATURES})
     FAMILY = "sam2"
+    RAW, RAW_ACCESSOR = "sam2", "_raw_model"
     KEEPS_ASPECT = False  # SAM2Transforms resizes to the 1024² square
 
     def __init__(
@@ -98,7 +97,7 @@ class Sam2Backbone(SegmentationBackbone):
         from sam2.utils.transforms import SAM2Transforms
 
         self.name, self.variant, self.checkpoint = name, variant, checkpoint
-        self.add_module(RAW, build_sam2_model(variant, checkpoint, allow_random_init, trunk_embed_dim, trunk_num_heads,
+        self.add_module(self.RAW, build_sam2_model(variant, checkpoint, allow_random_init, trunk_embed_dim, trunk_num_heads,
                                               trunk_stages, trunk_global_att_blocks, init_seed))
         raw = self._raw_model()
         self.image_size = int(raw.image_size)
@@ -111,22 +110,9 @@ class Sam2Backbone(SegmentationBackbone):
             weights = file_sha256(checkpoint) if checkpoint else module_sha256(_encoding_modules(raw))
             self.cache = EmbeddingCache(cache_dir, f"{name}-{weights[:16]}")
 
-    # ----- the private upstream model ---------------------------------------------------------
-    def __getattr__(self, name: str):
-        if name == RAW:
-            raise AttributeError(
-                "Sam2Backbone.sam2 is private: use the backbone interface (sambench/backbones/interface.py); "
-                "reference tests and flop counts may use Sam2Backbone._raw_model()")
-        return super().__getattr__(name)
-
-    def __setattr__(self, name: str, value) -> None:
-        if name == RAW:
-            raise AttributeError("Sam2Backbone.sam2 is private and set once, in __init__")
-        super().__setattr__(name, value)
-
     def _raw_model(self):
         """The upstream ``SAM2Base`` (reference tests, flop counts and key maps only)."""
-        return self._modules[RAW]
+        return self._modules[self.RAW]
 
     # ----- sizes ------------------------------------------------------------------------------
     @property

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from sambench.errors import CheckpointError
-from sambench.weights_file import load_weights_file
+from sambench.weights_file import load_model_state
 
 #: variant -> the package's config file (``sam2/configs/...``)
 CONFIGS = {
@@ -133,22 +133,10 @@ def guess_variant(state: dict) -> str | None:
 def load_sam2_weights(model: torch.nn.Module, checkpoint: str, variant: str) -> None:
     """Load a local SAM 2 checkpoint (the official dict with the weights under ``"model"``, or a
     bare state dict) with ``weights_only=True``; clear errors for bad files."""
-    path = Path(checkpoint).expanduser()
-    expected = OFFICIAL_FILES.get(variant, f"a SAM 2 {variant} state dict") + f" from {DOWNLOAD}"
-    state = load_weights_file(path, expected)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"checkpoint holds no state dict of tensors: {path} (expected {expected})")
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
+    def hint(state: dict) -> str:
         guess = guess_variant(state)
-        hint = f"; it looks like a {guess} checkpoint ({OFFICIAL_FILES[guess]})" if guess and guess != variant else ""
-        raise CheckpointError(
-            f"checkpoint does not fit SAM 2 {variant}: {path} (expected {expected}){hint}; "
-            f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected "
-            f"(e.g. {unexpected[:2]}), {len(wrong)} with other shapes (e.g. {wrong[:2]})")
-    model.load_state_dict(state)
+        return f"; it looks like a {guess} checkpoint ({OFFICIAL_FILES[guess]})" if guess and guess != variant else ""
+
+    load_model_state(model, checkpoint, model_name=f"SAM 2 {variant}",
+                     expected=OFFICIAL_FILES.get(variant, f"a SAM 2 {variant} state dict") + f" from {DOWNLOAD}",
+                     hint=hint)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 
 import torch
 from segment_anything.build_sam import _build_sam, sam_model_registry
 from segment_anything.modeling import Sam
 
 from sambench.errors import CheckpointError
-from sambench.weights_file import load_weights_file
+from sambench.weights_file import load_model_state
 
 #: Official checkpoint file names (github.com/facebookresearch/segment-anything, "Model Checkpoints").
 OFFICIAL_FILES = {
@@ -65,27 +64,16 @@ def build_sam_model(
 
 def load_sam_weights(sam: Sam, checkpoint: str, variant: str) -> None:
     """Load a local SAM state dict with ``weights_only=True``; clear errors for bad files."""
-    path = Path(checkpoint).expanduser()
-    expected = OFFICIAL_FILES.get(variant, f"a SAM {variant} state dict")
-    state = load_weights_file(path, expected)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"checkpoint holds no state dict of tensors: {path} (expected {expected})")
-    own = sam.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        width = state.get("image_encoder.pos_embed", torch.empty(0)).shape[-1:]
-        guess = WIDTH_TO_VARIANT.get(int(width[0])) if len(width) else None
-        hint = f"; it looks like a SAM {guess} checkpoint" if guess and guess != variant else ""
-        raise CheckpointError(
-            f"checkpoint does not fit SAM {variant}: {path} (expected {expected}){hint}; "
-            f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected "
-            f"(e.g. {unexpected[:2]}), {len(wrong)} with other shapes (e.g. {wrong[:2]})"
-        )
-    sam.load_state_dict(state)
+    load_model_state(sam, checkpoint, model_name=f"SAM {variant}",
+                     expected=OFFICIAL_FILES.get(variant, f"a SAM {variant} state dict"),
+                     hint=lambda state: _guess(state, variant))
+
+
+def _guess(state: dict, variant: str) -> str:
+    """'; it looks like a SAM <variant> checkpoint' from the ViT width, or ''."""
+    width = state.get("image_encoder.pos_embed", torch.empty(0)).shape[-1:]
+    guess = WIDTH_TO_VARIANT.get(int(width[0])) if len(width) else None
+    return f"; it looks like a SAM {guess} checkpoint" if guess and guess != variant else ""
 
 
 def file_sha256(path: str, chunk: int = 1 << 24) -> str:

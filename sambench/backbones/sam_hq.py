@@ -11,18 +11,15 @@ when a model is built (see :mod:`sambench.backbones.sam_hq_build`), not when thi
 from __future__ import annotations
 
 import torch
-from segment_anything.utils.transforms import ResizeLongestSide  # HQ-SAM's SamPredictor uses the same
 
 from sambench.backbones.interface import (EXTRA_OUTPUT_TOKENS, HIGH_RES_FEATURES, TOKEN_INJECTION,
                                           TWO_WAY_TRANSFORMER_FN, VIT_ENCODER, BlockFn, EncoderSpec, ImageFeatures,
-                                          SegmentationBackbone, TransformerFn)
+                                          TransformerFn)
 from sambench.backbones.registry import BACKBONES
-from sambench.backbones.sam import RAW, SamBackbone
-from sambench.backbones.sam_checkpoint import file_sha256, module_sha256
+from sambench.backbones.sam import SamBackbone
 from sambench.backbones.sam_extensions import default_transformer_fn
 from sambench.backbones.sam_hq_build import HQ_PARTS, build_sam_hq_model
 from sambench.backbones.sam_hq_extensions import run_hq_image_encoder, run_hq_mask_decoder
-from sambench.cache import EmbeddingCache
 from sambench.errors import ConfigError
 
 #: the ``ImageFeatures.levels`` entry HQ-SAM's decoder needs: B×width×h×w, upstream's
@@ -78,20 +75,14 @@ class SamHqBackbone(SamBackbone):
         encoder_global_attn_indexes: list[int] | None = None,
         init_seed: int = 0,
     ):
-        SegmentationBackbone.__init__(self)  # SamBackbone.__init__ builds SAM v1
-        self.name, self.variant, self.hq_token_only = name, variant, bool(hq_token_only)
-        self.add_module(RAW, build_sam_hq_model(
-            variant, checkpoint, allow_random_init, encoder_embed_dim, encoder_depth,
-            encoder_num_heads, encoder_global_attn_indexes, init_seed,
-        ))
-        raw = self._raw_sam()
-        self.image_size = raw.image_encoder.img_size
-        self.transform = ResizeLongestSide(self.image_size)
-        self.checkpoint = checkpoint
-        self.cache = None
-        if cache_dir:
-            weights = file_sha256(checkpoint) if checkpoint else module_sha256(raw.image_encoder)
-            self.cache = EmbeddingCache(cache_dir, f"{name}-{weights[:16]}")
+        super().__init__(name=name, variant=variant, checkpoint=checkpoint, allow_random_init=allow_random_init,
+                         cache_dir=cache_dir, encoder_embed_dim=encoder_embed_dim, encoder_depth=encoder_depth,
+                         encoder_num_heads=encoder_num_heads, encoder_global_attn_indexes=encoder_global_attn_indexes,
+                         init_seed=init_seed)
+        self.hq_token_only = bool(hq_token_only)
+
+    #: the upstream builder: segment_anything_hq's model (HQ decoder; TinyViT for vit_tiny)
+    build_model = staticmethod(build_sam_hq_model)
 
     @classmethod
     def capabilities_for(cls, variant: str | None) -> frozenset[str]:
@@ -179,17 +170,3 @@ class SamHqBackbone(SamBackbone):
                                    self.image_pe(embed.shape[-2:]), sparse, dense, multimask_output,
                                    self.hq_token_only,
                                    transformer_fn if transformer_fn is not None else default_transformer_fn)
-
-    def decode_with_output_token(
-        self,
-        embedding: torch.Tensor | ImageFeatures,
-        token: torch.Tensor,
-        sparse: torch.Tensor,
-        dense: torch.Tensor,
-        transformer_fn: TransformerFn | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """SAM's part of the HQ decoder only: ``token`` (1×256) in the IoU token's place and the
-        first mask token -> low-res logits N×1×4h×4w, the token's output N×256. The HQ token and
-        the early ViT features are not used, so an embedding alone works (Open-Vocabulary SAM's
-        CLIP-adapter embeddings)."""
-        return super().decode_with_output_token(embedding, token, sparse, dense, transformer_fn)

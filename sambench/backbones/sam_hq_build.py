@@ -16,14 +16,13 @@ import copy
 import importlib
 import sys
 import warnings
-from pathlib import Path
 from types import ModuleType
 
 import torch
 from torch import nn
 
 from sambench.errors import CheckpointError
-from sambench.weights_file import load_weights_file
+from sambench.weights_file import load_model_state
 
 #: Official checkpoint file names (github.com/SysCV/sam-hq, "Model Checkpoints").
 OFFICIAL_FILES = {
@@ -119,24 +118,9 @@ def build_sam_hq_model(
 
 def load_sam_hq_weights(sam: nn.Module, checkpoint: str, variant: str) -> None:
     """Load a local HQ-SAM state dict with ``weights_only=True``; clear errors for bad files."""
-    path = Path(checkpoint).expanduser()
-    expected = OFFICIAL_FILES.get(variant, f"an HQ-SAM {variant} state dict")
-    state = load_weights_file(path, expected)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"checkpoint holds no state dict of tensors: {path} (expected {expected})")
-    own = sam.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        raise CheckpointError(
-            f"checkpoint does not fit HQ-SAM {variant}: {path} (expected {expected}){_guess(state, variant)}; "
-            f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected "
-            f"(e.g. {unexpected[:2]}), {len(wrong)} with other shapes (e.g. {wrong[:2]})"
-        )
-    sam.load_state_dict(state)
+    load_model_state(sam, checkpoint, model_name=f"HQ-SAM {variant}",
+                     expected=OFFICIAL_FILES.get(variant, f"an HQ-SAM {variant} state dict"),
+                     hint=lambda state: _guess(state, variant))
 
 
 def _guess(state: dict, variant: str) -> str:

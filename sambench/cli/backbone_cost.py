@@ -63,7 +63,7 @@ def measure_backbone(name: str, repeats: int = 1, image_hw: tuple[int, int] = (7
 
 def backbone_table(results: dict[str, dict[str, float]]) -> str:
     """Markdown table of :func:`measure_backbone` results, one row per backbone."""
-    rows = [f"| backbone | params (M) | GMACs at 1024² | encoder ms, cold cache | encoder ms, warm cache |",
+    rows = ["| backbone | params (M) | GMACs at 1024² | encoder ms, cold cache | encoder ms, warm cache |",
             "|---|---:|---:|---:|---:|"]
     for name, r in results.items():
         rows.append(f"| {name} | {r['params_m']:,.1f} | {r['gmacs']:,.0f} | {r['cold_ms']:,.0f} | {r['warm_ms']:,.1f} |")

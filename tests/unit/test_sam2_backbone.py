@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -37,7 +38,9 @@ def predictor(backbone):
     import_sam2()  # never a bare ``import sam2``: it would leave GlobalHydra initialised for later tests
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-    return SAM2ImagePredictor(backbone._raw_model())
+    with warnings.catch_warnings():  # the predictor scripts its transforms; torch deprecates jit.script
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+        return SAM2ImagePredictor(backbone._raw_model())
 
 
 @pytest.fixture(scope="module")
