@@ -28,7 +28,7 @@ run: setup
 test: setup
 	$(VENV)/bin/pytest -q
 
-# The edit-test loop: everything but the slow and torchrun tests (under 3 minutes on 2 cores).
+# The edit-test loop: everything but the slow and torchrun tests (about 4 minutes on 2 cores).
 test-fast: setup
 	$(VENV)/bin/pytest -q -m "not slow and not distributed"
 
