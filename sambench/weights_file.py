@@ -30,18 +30,22 @@ def load_weights_file(path: Path, expected: str) -> Any:
 
 
 def load_model_state(model: torch.nn.Module, checkpoint: str | Path, *, model_name: str, expected: str,
-                     hint: Callable[[dict], str] = lambda state: "") -> None:
+                     hint: Callable[[dict], str] = lambda state: "",
+                     select: Callable[[dict], dict] | None = None) -> None:
     """Load a local state dict into ``model``, strictly, with one-line errors naming the file.
 
     The file holds a state dict, or the official layout with it under ``"model"``. Errors: what
     :func:`load_weights_file` raises, "holds no state dict of tensors", and "does not fit
     <model_name>" with the counts and first missing / unexpected / other-shape keys plus
-    ``hint(state)`` (which model the file looks like; '' when unsure).
+    ``hint(state)`` (which model the file looks like; '' when unsure). ``select`` picks the
+    model's tensors from a file that holds more (SAM 3: the ``detector.`` keys).
     """
     path = Path(checkpoint).expanduser()
     state = load_weights_file(path, expected)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
+    if select is not None and isinstance(state, dict):
+        state = select(state)
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"checkpoint holds no state dict of tensors: {path} (expected {expected})")
     own = model.state_dict()

@@ -1,5 +1,6 @@
 """The backbone registry: a ``backbone/<name>.yaml`` config names its ``family`` (``sam``,
-``sam2``, ``sam_hq``) and the family's class is built with the file's other keys.
+``sam2``, ``sam_hq``; ``sam3``: SAM 3's concept model, for method=sam3 only) and the family's
+class is built with the file's other keys.
 
 Backbone modules import their upstream package (``segment_anything``, ``sam2``,
 ``segment_anything_hq``) when a model is built, not at import, so reading a family's class and
@@ -19,7 +20,8 @@ from sambench.errors import ConfigError
 
 BACKBONES = Registry("backbone")
 #: modules that register the backbone families
-FAMILY_MODULES = ("sambench.backbones.sam", "sambench.backbones.sam2", "sambench.backbones.sam_hq")
+FAMILY_MODULES = ("sambench.backbones.sam", "sambench.backbones.sam2", "sambench.backbones.sam_hq",
+                  "sambench.backbones.sam3")
 #: the family of a backbone config without a ``family`` key (configs written before there were others)
 DEFAULT_FAMILY = "sam"
 
