@@ -10,7 +10,7 @@ from sambench.structures import Batch, Prediction
 from sambench.tasks import Task
 
 #: What a method may ask the composition root for (``ROOT_KWARGS``).
-ROOT_KWARG_NAMES = ("class_names", "run_dir", "cache_dir")
+ROOT_KWARG_NAMES = ("class_names", "run_dir", "cache_dir", "task")
 
 
 class SambenchMethod(nn.Module):
@@ -24,10 +24,19 @@ class SambenchMethod(nn.Module):
     ``ROOT_KWARGS`` names the constructor keywords that the composition root fills besides the
     method's config keys, from :data:`ROOT_KWARG_NAMES`: ``class_names`` (the dataset's
     vocabulary, e.g. SSPrompt's semantic prompts), ``run_dir`` (the run folder, e.g. PerSAM-F's
-    fitted weights) and ``cache_dir`` (frozen-feature caches; None when caching is off).
+    fitted weights), ``cache_dir`` (frozen-feature caches; None when caching is off) and
+    ``task`` (for a method with several ``TASKS``: the one the dataset serves; the method sets
+    ``self.TASK`` to it).
+
+    ``BACKBONE_KIND`` is the kind of backbone the method runs on: ``promptable`` (the
+    :class:`~sambench.backbones.interface.SegmentationBackbone` contract: SAM, SAM 2, HQ-SAM) or
+    ``concept`` (SAM 3's concept model, method=sam3); the composition root refuses other pairings.
     """
 
     TASK: Task
+    #: several tasks, in order of preference (the root picks the first the dataset serves); else ``(TASK,)``
+    TASKS: tuple[Task, ...] = ()
+    BACKBONE_KIND: str = "promptable"
     #: backbone capabilities this method needs (:mod:`sambench.backbones.interface`), checked at compose time
     REQUIRES: frozenset[str] = frozenset()
     ROOT_KWARGS: tuple[str, ...] = ()

@@ -6,9 +6,10 @@ top-level ``datasets`` package is never installed or put on ``sys.path`` (Huggin
 ``datasets`` keeps working). A plugin is a module (``datasets/coco_ov.py``) or a package
 (``methods/ovsam/``: the method, its helpers, its official-checkpoint mapping and its README).
 
-Each registered method class declares ``TASK`` and each dataset class declares ``TASKS`` (a tuple),
-:class:`sambench.tasks.Task` objects; a method can run on a dataset only if its task is among the
-dataset's.
+Each registered method class declares ``TASK`` (or, for a method that solves several tasks such
+as the SAM 3 reference, ``TASKS`` in order of preference) and each dataset class declares
+``TASKS`` (a tuple), :class:`sambench.tasks.Task` objects; a method can run on a dataset only if
+one of its tasks is among the dataset's (:func:`task_for`).
 
 A variant that differs from a class only in constructor arguments is a :class:`Preset`
 registered under its own name (``refcocog``, ``dit_layerwise``, ``spaprompt``...), not a subclass.
@@ -122,13 +123,24 @@ def lookup(registry: Registry, name: str) -> type | Preset:
     return cls
 
 
+def method_tasks(method_cls) -> tuple:
+    """The tasks a method class solves: its ``TASKS`` (several, in order of preference) or ``(TASK,)``."""
+    return tuple(getattr(method_cls, "TASKS", None) or (method_cls.TASK,))
+
+
+def task_for(method_cls, dataset_cls):
+    """The first of the method's tasks that the dataset serves (None: they do not fit)."""
+    return next((task for task in method_tasks(method_cls) if task in dataset_cls.TASKS), None)
+
+
 def check_pairing(method: str, dataset: str) -> None:
-    """Raise a ConfigError when ``method`` solves a task that ``dataset`` cannot serve."""
-    task = lookup(METHODS, method).TASK
-    if task in lookup(DATASETS, dataset).TASKS:
+    """Raise a ConfigError when ``method`` solves no task that ``dataset`` can serve."""
+    method_cls = lookup(METHODS, method)
+    if task_for(method_cls, lookup(DATASETS, dataset)) is not None:
         return
-    fitting = sorted(n for n, c in DATASETS.module_dict.items() if task in c.TASKS)
+    fitting = sorted(n for n, c in DATASETS.module_dict.items() if task_for(method_cls, c) is not None)
+    tasks = ", ".join(str(task) for task in method_tasks(method_cls))
     raise ConfigError(
-        f"method '{method}' (task '{task}') cannot run on dataset '{dataset}'; "
+        f"method '{method}' (task '{tasks}') cannot run on dataset '{dataset}'; "
         f"datasets that fit: {', '.join(fitting) or 'none'}"
     )

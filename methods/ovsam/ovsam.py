@@ -19,6 +19,7 @@ from sambench import tasks
 from sambench.backbones.clip import ClipBackbone
 from sambench.backbones.interface import EXTRA_OUTPUT_TOKENS, VIT_ENCODER, ImageFeatures
 from sambench.checkpoint import load_trainable
+from sambench.evaluation.open_vocab import instance_outputs
 from sambench.errors import CheckpointError, ConfigError
 from sambench.method import SambenchMethod
 from .adapter import Sam2ClipAdapter, teacher_sizes
@@ -424,17 +425,6 @@ class Clip2Sam(SambenchMethod):
             return Prediction(index=sample.index, detections=[])
         return Prediction(index=sample.index, masks=torch.zeros(0, *sample.size, dtype=torch.bool),
                           class_ids=torch.zeros(0, dtype=torch.long), scores=torch.zeros(0))
-
-
-def instance_outputs(sample: Sample, labels: torch.Tensor, scores: torch.Tensor) -> dict:
-    """``save_predictions`` files (``Prediction.instance_names`` / ``instance_labels``): one mask
-    per GT instance named ``<image_id>_<ann_id>`` and its predicted label (class id, name, score)
-    for ``predictions/labels.json``."""
-    image_id, ann_ids = sample.meta.get("image_id", sample.index), sample.meta.get("ann_ids") or range(len(labels))
-    names = sample.class_names or []
-    return {"instance_names": [f"{image_id}_{ann}" for ann in ann_ids],
-            "instance_labels": [{"class_id": int(c), "class_name": names[int(c)] if int(c) < len(names) else None,
-                                 "score": float(s)} for c, s in zip(labels.tolist(), scores.tolist())]}
 
 
 register_preset(

@@ -53,6 +53,9 @@ TWO_WAY_TRANSFORMER_FN = "two_way_transformer_fn"
 VIT_ENCODER = "vit_encoder"
 #: ``encode_features`` returns extra feature levels (SAM 2.1's stride-4/8 maps, HQ-SAM's early ViT features).
 HIGH_RES_FEATURES = "high_res_features"
+#: backbone kinds (``KIND`` / a method's ``BACKBONE_KIND``) in words, for error messages
+BACKBONE_KINDS = {"promptable": "promptable SAM backbone (SAM, SAM 2, HQ-SAM: masks from points and boxes)",
+                  "concept": "concept model (SAM 3: instances of a text or exemplar concept; method=sam3 only)"}
 CAPABILITIES = frozenset({TOKEN_INJECTION, EXTRA_OUTPUT_TOKENS, TWO_WAY_TRANSFORMER_FN, VIT_ENCODER, HIGH_RES_FEATURES})
 
 
@@ -139,6 +142,8 @@ class SegmentationBackbone(nn.Module):
     CAPABILITIES: frozenset[str] = frozenset()
     #: the registry name of the family (``sam``, ``sam2``, ``sam_hq``): the config's ``backbone.family``
     FAMILY: str = ""
+    #: the kind of model (a method's ``BACKBONE_KIND`` must match): promptable masks from points/boxes
+    KIND: str = "promptable"
     #: the submodule name of the private upstream model (its state-dict prefix) and the method that
     #: returns it (for official key maps, flop counts and reference tests only)
     RAW: str = ""
@@ -316,9 +321,15 @@ class SegmentationBackbone(nn.Module):
 
 
 def check_capabilities(method_name: str, method_cls: type, backbone_name: str, capabilities: frozenset[str],
-                       fitting: list[str] | None = None) -> None:
-    """Compose-time check: raise a ConfigError when a backbone with ``capabilities`` lacks what
-    the method ``REQUIRES``; ``fitting`` (the backbone configs that have it) goes in the message."""
+                       fitting: list[str] | None = None, kind: str = "promptable") -> None:
+    """Compose-time check: raise a ConfigError when the backbone is of another ``kind`` than the
+    method's ``BACKBONE_KIND`` or its ``capabilities`` lack what the method ``REQUIRES``;
+    ``fitting`` (the backbone configs that have it) goes in the message."""
+    fits = f"; backbones that fit: {', '.join(fitting)}" if fitting else ""
+    wanted = getattr(method_cls, "BACKBONE_KIND", "promptable")
+    if kind != wanted:
+        raise ConfigError(f"method '{method_name}' runs on a {BACKBONE_KINDS.get(wanted, wanted)}, and backbone "
+                          f"'{backbone_name}' is a {BACKBONE_KINDS.get(kind, kind)}{fits}")
     required = set(getattr(method_cls, "REQUIRES", ()))
     unknown = sorted(required - CAPABILITIES)
     if unknown:
@@ -327,7 +338,6 @@ def check_capabilities(method_name: str, method_cls: type, backbone_name: str, c
     missing = sorted(required - set(capabilities))
     if missing:
         has = ", ".join(sorted(capabilities)) or "none"
-        fits = f"; backbones that fit: {', '.join(fitting)}" if fitting else ""
         raise ConfigError(f"method '{method_name}' needs backbone capabilities {', '.join(missing)}, which backbone "
                           f"'{backbone_name}' lacks (it has: {has}){fits}")
 

@@ -42,6 +42,11 @@ def backbone_configs(folder: Path = REPO_ROOT / "conf" / "backbone") -> dict[str
             for path in sorted(folder.glob("*.yaml"))}
 
 
+def kind_of(config: dict) -> str:
+    """The kind of model a config builds (``promptable`` | ``concept``: a method's ``BACKBONE_KIND``)."""
+    return backbone_class(config.get("family", DEFAULT_FAMILY)).KIND
+
+
 def capabilities_of(config: dict) -> frozenset[str]:
     """The capabilities of the backbone a config builds (they may depend on its ``variant``)."""
     cls = backbone_class(config.get("family", DEFAULT_FAMILY))

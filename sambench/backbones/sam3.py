@@ -48,12 +48,14 @@ class Grounding:
         boxes: (Q, N, 4) normalised cxcywh in the model's square frame (= the original image, stretched).
         mask_logits: (Q, N, h, w) low-resolution mask logits (h = w = resolution / 3.5).
         presence: (Q,) ``sigmoid(presence logit)``: is the concept in the image at all.
+        semantic_logits: (Q, h, w) the segmentation head's per-concept semantic logits.
     """
 
     scores: torch.Tensor
     boxes: torch.Tensor
     mask_logits: torch.Tensor
     presence: torch.Tensor
+    semantic_logits: torch.Tensor
 
 
 @BACKBONES.register_module(name="sam3")
@@ -156,7 +158,7 @@ class Sam3ConceptModel(nn.Module):
         presence = out["presence_logit_dec"].sigmoid()  # (Q, 1)
         scores = (out["pred_logits"].sigmoid() * presence.unsqueeze(1)).squeeze(-1)
         return Grounding(scores=scores, boxes=out["pred_boxes"], mask_logits=out["pred_masks"],
-                         presence=presence.squeeze(-1))
+                         presence=presence.squeeze(-1), semantic_logits=out["semantic_seg"][:, 0])
 
     @torch.inference_mode()
     def encode_exemplars(self, image: dict, boxes: torch.Tensor, labels: torch.Tensor | None = None,

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sambench import REPO_ROOT, __version__
 from sambench.backbones.interface import SegmentationBackbone, check_capabilities
-from sambench.backbones.registry import DEFAULT_FAMILY, backbone_class, backbone_configs, capabilities_of
+from sambench.backbones.registry import DEFAULT_FAMILY, backbone_class, backbone_configs, capabilities_of, kind_of
 from sambench.cli.config_types import FLAGS, check_flags, check_section, check_trainer
 from sambench import dist
 from sambench.data.base import DEFAULT_MAX_IMAGE_PIXELS, set_max_image_pixels
@@ -27,7 +27,7 @@ from sambench.data.meta import DatasetMeta
 from sambench.errors import ConfigError, DatasetError
 from sambench.files import write_json_atomic, write_text_atomic
 from sambench.method import ROOT_KWARG_NAMES
-from sambench.registry import DATASETS, METHODS, check_pairing, lookup
+from sambench.registry import DATASETS, METHODS, check_pairing, lookup, task_for
 from sambench.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -52,13 +52,16 @@ def check_config(cfg: DictConfig) -> None:
     family = backbone.get("family", DEFAULT_FAMILY)
     check_section("backbone", backbone_class(family), backbone, ignore=("family",))
     check_capabilities(cfg.method.name, method, cfg.backbone.name, capabilities_of(backbone),
-                       fitting=fitting_backbones(method))
+                       fitting=fitting_backbones(method), kind=kind_of(backbone))
 
 
 def fitting_backbones(method) -> list[str]:
-    """The backbone configs (``conf/backbone/*.yaml``) whose capabilities cover the method's ``REQUIRES``."""
+    """The backbone configs (``conf/backbone/*.yaml``) of the method's ``BACKBONE_KIND`` whose
+    capabilities cover its ``REQUIRES``."""
     required = set(getattr(method, "REQUIRES", ()))
-    return [name for name, config in backbone_configs().items() if required <= capabilities_of(config)]
+    kind = getattr(method, "BACKBONE_KIND", "promptable")
+    return [name for name, config in backbone_configs().items()
+            if kind_of(config) == kind and required <= capabilities_of(config)]
 
 
 FEW_SHOT_KEYS = ("shots", "seed", "file")
@@ -101,10 +104,13 @@ def build_method(cfg: DictConfig, sam: SegmentationBackbone, run_dir: Path | Non
     """The method with its config keys, plus the keywords its class declares in ``ROOT_KWARGS``:
     ``run_dir`` (to save artefacts such as PerSAM-F's fitted weights), ``class_names`` (the
     dataset's vocabulary from its :class:`~sambench.data.meta.DatasetMeta`, e.g. SSPrompt's
-    semantic prompts) and ``cache_dir`` (frozen-feature caches)."""
+    semantic prompts), ``cache_dir`` (frozen-feature caches) and ``task`` (the one of the
+    method's ``TASKS`` that the dataset serves)."""
     kwargs = plain(cfg.method)
     cls = lookup(METHODS, kwargs.pop("name"))
-    supplied = {"run_dir": run_dir, "class_names": class_names, "cache_dir": cfg.cache.dir if cfg.cache.enabled else None}
+    task = task_for(cls, lookup(DATASETS, cfg.dataset.name)) if "task" in cls.ROOT_KWARGS else None
+    supplied = {"run_dir": run_dir, "class_names": class_names, "cache_dir": cfg.cache.dir if cfg.cache.enabled else None,
+                "task": task}
     unknown = sorted(set(cls.ROOT_KWARGS) - set(ROOT_KWARG_NAMES))
     if unknown:
         raise ConfigError(f"method '{cfg.method.name}' asks for {unknown} (ROOT_KWARGS); the root supplies {list(ROOT_KWARG_NAMES)}")

@@ -28,7 +28,7 @@ from sambench.data.meta import DatasetMeta
 from sambench.evaluation.base import SampleRecordEvaluator
 from sambench.files import write_json_atomic
 from sambench.registry import EVALUATORS
-from sambench.structures import Detection
+from sambench.structures import Detection, Sample
 
 logger = logging.getLogger(__name__)
 
@@ -221,3 +221,14 @@ class OpenVocabEvaluator(SampleRecordEvaluator):
                 metrics = coco_mask_ap(self.ann_file, detections, image_ids)
         metrics["num_detections"] = len(detections)
         return metrics
+
+
+def instance_outputs(sample: Sample, labels: torch.Tensor, scores: torch.Tensor) -> dict:
+    """``save_predictions`` files (``Prediction.instance_names`` / ``instance_labels``): one mask
+    per GT instance named ``<image_id>_<ann_id>`` and its predicted label (class id, name, score)
+    for ``predictions/labels.json``."""
+    image_id, ann_ids = sample.meta.get("image_id", sample.index), sample.meta.get("ann_ids") or range(len(labels))
+    names = sample.class_names or []
+    return {"instance_names": [f"{image_id}_{ann}" for ann in ann_ids],
+            "instance_labels": [{"class_id": int(c), "class_name": names[int(c)] if int(c) < len(names) else None,
+                                 "score": float(s)} for c, s in zip(labels.tolist(), scores.tolist())]}

@@ -1,0 +1,176 @@
+"""SAM 3 zero-shot: the reference row of every task, from the official ``sam3`` package.
+
+One method, one adapter per task (picked by the dataset: ``TASKS``); every adapter forms SAM 3
+prompts from the sample and converts SAM 3's instances into the task's prediction, so the
+same evaluators score it as the adapted methods. The prompt-formation choices are listed in
+``methods/sam3/README.md``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sambench import tasks
+from sambench.backbones.sam3 import VISUAL_ONLY_TEXT
+from sambench.errors import ConfigError
+from sambench.evaluation.open_vocab import instance_outputs
+from sambench.method import SambenchMethod
+from sambench.prompts import interior_points, mask_boxes
+from sambench.registry import METHODS
+from sambench.structures import Batch, Detection, Prediction, Sample
+
+from .concepts import (
+    CONCEPT_NAMES, BestConcept, BestPerPrompt, TopDetections, box_matches, chunks, concept_text, concept_texts, instance_score_map,
+    point_matches, top_instance,
+)
+
+#: open-vocabulary protocols: recognise the GT box / point's instance, or detect (mask AP)
+PROTOCOLS = ("box", "point", "detector_free")
+#: where the semantic adapter's per-pixel concept scores come from
+SEMANTIC_SCORES = ("semantic_head", "instances")
+#: SAM 3's mask threshold on probabilities (``Sam3Processor``: ``masks > 0.5``)
+MASK_THRESHOLD = 0.5
+
+
+@METHODS.register_module(name="sam3")
+class Sam3ZeroShot(SambenchMethod):
+    """SAM 3 used zero-shot (no training), on instances, referring, personalisation and semantic data.
+
+    Args:
+        sam: the SAM 3 concept model (``backbone=sam3`` / ``sam3_tiny``).
+        task: the task the dataset serves (set by the composition root).
+        protocol: open-vocabulary instances: ``box`` (each GT box gets the class and mask of the
+            instance with the best ``score × IoU``), ``point`` (each GT instance's interior point:
+            best ``score × mask probability at the point``) or ``detector_free`` (SAM 3's own
+            instances over all class names -> mask AP).
+        concept_batch: concepts grounded per pass (memory: ~``concept_batch × 200`` masks of 288²).
+        max_detections: detector-free: instances kept per image (COCO 100, LVIS 300).
+        score_threshold: detector-free: instances with a lower score are dropped (0: keep all for AP).
+        semantic_scores: semantic: ``semantic_head`` (the segmentation head's per-concept map) or
+            ``instances`` (max over the concept's instances of score × mask probability).
+        exemplar_text: personalisation: the text beside the reference box exemplar (the
+            processor's ``visual`` for exemplar-only prompts; ``class_name``: the concept's folder name).
+        concept_names: class name -> text prompt: ``name`` verbatim (the package's COCO-JSON
+            loader) or ``first_synonym``; a dataset's ``class_names_file`` wins (its first synonym).
+    """
+
+    TASKS = (tasks.OPEN_VOCAB_INSTANCE, tasks.REFERRING, tasks.PERSONALIZE, tasks.SEMANTIC_FEW_SHOT)
+    BACKBONE_KIND = "concept"
+    ROOT_KWARGS = ("task",)
+
+    def __init__(self, *, sam, task=None, protocol: str = "box", concept_batch: int = 8, max_detections: int = 100,
+                 score_threshold: float = 0.0, semantic_scores: str = "semantic_head", exemplar_text: str = "visual",
+                 concept_names: str = "name"):
+        super().__init__()
+        for option, value, valid in (("protocol", protocol, PROTOCOLS), ("semantic_scores", semantic_scores, SEMANTIC_SCORES),
+                                     ("exemplar_text", exemplar_text, ("visual", "class_name")),
+                                     ("concept_names", concept_names, CONCEPT_NAMES)):
+            if value not in valid:
+                raise ConfigError(f"unknown method.{option} '{value}'; valid: {', '.join(valid)}")
+        if concept_batch < 1 or max_detections < 1:
+            raise ConfigError("method.concept_batch and method.max_detections must be >= 1")
+        self.sam, self.TASK = sam, task or tasks.OPEN_VOCAB_INSTANCE
+        self.protocol, self.concept_batch, self.max_detections = protocol, concept_batch, max_detections
+        self.score_threshold, self.semantic_scores, self.exemplar_text = score_threshold, semantic_scores, exemplar_text
+        self.concept_names = concept_names
+        self._exemplars: dict[str, tuple] = {}
+        sam.requires_grad_(False)
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> list[Prediction]:
+        adapter = {tasks.OPEN_VOCAB_INSTANCE: self.open_vocab, tasks.REFERRING: self.referring,
+                   tasks.PERSONALIZE: self.personalize, tasks.SEMANTIC_FEW_SHOT: self.semantic}[self.TASK]
+        return [adapter(sample) for sample in batch]
+
+    def _image(self, image) -> dict:
+        return self.sam.encode_image(self.sam.preprocess(image)[None])
+
+    def _grounded_chunks(self, image: dict, texts: list[str]):
+        """(concept range, Grounding) per ``concept_batch`` concepts of ``texts`` on one image."""
+        encoded = self.sam.encode_texts(texts)
+        for concepts in chunks(len(texts), self.concept_batch):
+            yield concepts, self.sam.ground(image, encoded, torch.tensor(list(concepts)))
+
+    def _masks(self, mask_logits: torch.Tensor, size) -> torch.Tensor:
+        """(K, h, w) logits -> (K, H, W) bool at the original size (processor: resize, sigmoid, > 0.5)."""
+        return (self.sam.masks_to_image(mask_logits.to(self.sam.device), size) > MASK_THRESHOLD).cpu()
+
+    # ----- open-vocabulary instances ----------------------------------------------------------
+    def open_vocab(self, sample: Sample) -> Prediction:
+        texts = concept_texts(sample.class_names, sample.meta.get("synonym_lists"), self.concept_names)
+        image = self._image(sample.image)
+        if self.protocol == "detector_free":
+            return self._detections(sample, image, texts)
+        if self.protocol == "box":
+            prompts = (sample.boxes if sample.boxes is not None else mask_boxes(sample.masks)).float()
+        else:
+            prompts = interior_points(sample.masks)[:, 0]
+        best = BestPerPrompt(len(prompts))
+        if len(prompts):
+            for concepts, out in self._grounded_chunks(image, texts):
+                if self.protocol == "box":
+                    boxes = self.sam.boxes_to_image(out.boxes, sample.size)
+                    matches = box_matches(out.scores, boxes, prompts.to(boxes.device))
+                else:
+                    matches = point_matches(out.scores, out.mask_logits, prompts, sample.size)
+                best.update(matches, concepts, out.scores, out.mask_logits)
+        masks = self._masks(best.mask_logits, sample.size) if best.mask_logits is not None \
+            else torch.zeros(0, *sample.size, dtype=torch.bool)
+        return Prediction(index=sample.index, masks=masks, class_ids=best.class_id, scores=best.score,
+                          **instance_outputs(sample, best.class_id, best.score))
+
+    def _detections(self, sample: Sample, image: dict, texts: list[str]) -> Prediction:
+        top = TopDetections(self.max_detections, self.score_threshold)
+        for concepts, out in self._grounded_chunks(image, texts):
+            top.update(concepts, out.scores, out.boxes, out.mask_logits)
+        if top.mask_logits is None or not len(top.score):
+            return Prediction(index=sample.index, detections=[])
+        masks = self._masks(top.mask_logits, sample.size)
+        boxes = self.sam.boxes_to_image(top.boxes, sample.size).tolist()
+        return Prediction(index=sample.index, detections=[
+            Detection(bbox=box, score=float(score), class_id=int(class_id), mask=mask)
+            for box, score, class_id, mask in zip(boxes, top.score.tolist(), top.class_id.tolist(), masks)])
+
+    # ----- referring --------------------------------------------------------------------------
+    def referring(self, sample: Sample) -> Prediction:
+        """The expression as the text prompt; the top-scoring instance's mask."""
+        image = self._image(sample.image)
+        out = self.sam.ground(image, self.sam.encode_texts([sample.texts[0]]), torch.tensor([0]))
+        best = top_instance(out.scores[0])
+        return Prediction(index=sample.index, masks=self._masks(out.mask_logits[0, best][None], sample.size))
+
+    # ----- personalisation --------------------------------------------------------------------
+    def personalize(self, sample: Sample) -> Prediction:
+        """The first reference's mask box as a positive exemplar (encoded on the reference image);
+        the target's top-scoring instance."""
+        reference = sample.references[0]
+        text = VISUAL_ONLY_TEXT if self.exemplar_text == "visual" else concept_text(reference.name.split("/")[0], rule="first_synonym")
+        exemplar = self._exemplar(reference)
+        out = self.sam.ground(self._image(sample.image), self.sam.encode_texts([text]), torch.tensor([0]),
+                              exemplars=exemplar)
+        best = top_instance(out.scores[0])
+        return Prediction(index=sample.index, masks=self._masks(out.mask_logits[0, best][None], sample.size))
+
+    def _exemplar(self, reference):
+        """Exemplar tokens of a reference (cached by its name: a concept's targets share it)."""
+        key = reference.name or str(id(reference))
+        if key not in self._exemplars:
+            box = mask_boxes(torch.as_tensor(reference.mask)[None])
+            size = reference.mask.shape[:2]
+            self._exemplars = {key: self.sam.encode_exemplars(self._image(reference.image),
+                                                              self.sam.boxes_to_exemplars(box, size))}
+        return self._exemplars[key]
+
+    # ----- semantic ---------------------------------------------------------------------------
+    def semantic(self, sample: Sample) -> Prediction:
+        """Every class name as a concept; per pixel, the concept with the highest score."""
+        texts = concept_texts(sample.class_names, rule=self.concept_names)
+        best = BestConcept(sample.size)
+        for concepts, out in self._grounded_chunks(self._image(sample.image), texts):
+            if self.semantic_scores == "semantic_head":
+                logits = out.semantic_logits
+            else:  # a probability map: resize it (logit of a probability would be the same order)
+                logits = torch.logit(instance_score_map(out.scores, out.mask_logits).clamp(1e-6, 1 - 1e-6))
+            best.update(concepts, self.sam.masks_to_image(logits, sample.size))
+        return Prediction(index=sample.index, semantic=best.label)
+
