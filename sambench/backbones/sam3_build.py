@@ -60,10 +60,12 @@ def build_sam3_image(variant: str, bpe_path: str | None = None) -> nn.Module:
 
 
 def import_sam3() -> None:
-    """Import the package once, without the warnings its video modules print at import (their
-    CUDA autocast decorators on a machine without CUDA)."""
+    """Import the package once, without the warnings it prints at import (its video modules'
+    CUDA autocast decorators on a machine without CUDA; ``box_ops``' ``torch.jit.script``, which
+    torch calls deprecated)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="CUDA is not available", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
         import sam3.model_builder  # noqa: F401
 
 
