@@ -74,7 +74,6 @@ class Sam3ZeroShot(SambenchMethod):
         self.score_threshold, self.semantic_scores, self.exemplar_text = score_threshold, semantic_scores, exemplar_text
         self.concept_names = concept_names
         self._exemplars: dict[str, tuple] = {}
-        sam.requires_grad_(False)
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> list[Prediction]:

@@ -85,6 +85,7 @@ class Sam3ConceptModel(nn.Module):
         if checkpoint is not None:
             load_sam3_weights(model, checkpoint, name)
         self.add_module(self.RAW, model)
+        self.requires_grad_(False)  # used zero-shot: nothing here trains SAM 3
         self.resolution = RESOLUTION[variant]
         self._texts: dict[tuple[str, ...], dict] = {}  # the last vocabulary's encodings
 

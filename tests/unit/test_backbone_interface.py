@@ -324,11 +324,25 @@ def test_sam_v1_capabilities():
 
 def test_every_registered_method_fits_sam_v1():
     load_plugins()
-    for name, cls in METHODS.module_dict.items():
+    promptable = {name: cls for name, cls in METHODS.module_dict.items() if cls.BACKBONE_KIND == "promptable"}
+    assert set(METHODS.module_dict) - set(promptable) == {"sam3"}  # SAM 3 runs on its own model
+    for name, cls in promptable.items():
         assert issubclass(cls, SambenchMethod)
         assert set(cls.REQUIRES) <= CAPABILITIES, name
         check_capabilities(name, cls, "sam_tiny", SamBackbone.capabilities_for("tiny"))
     assert TOKEN_INJECTION in METHODS.get("dit_e2e").REQUIRES
+
+
+def test_backbone_kinds_are_checked_both_ways():
+    from sambench.backbones.sam3 import Sam3ConceptModel
+    load_plugins()
+    with pytest.raises(ConfigError, match="method 'persam' runs on a promptable SAM backbone.*backbone 'sam3_tiny' is a "
+                                          "concept model.*backbones that fit: sam_tiny"):
+        check_capabilities("persam", METHODS.get("persam"), "sam3_tiny", Sam3ConceptModel.CAPABILITIES,
+                           fitting=["sam_tiny"], kind=Sam3ConceptModel.KIND)
+    with pytest.raises(ConfigError, match="method 'sam3' runs on a concept model.*backbone 'sam_tiny' is a promptable"):
+        check_capabilities("sam3", METHODS.get("sam3"), "sam_tiny", SamBackbone.capabilities_for("tiny"), kind=SamBackbone.KIND)
+    check_capabilities("sam3", METHODS.get("sam3"), "sam3_tiny", Sam3ConceptModel.CAPABILITIES, kind="concept")
 
 
 def test_missing_capability_is_a_compose_time_error_naming_everything():
