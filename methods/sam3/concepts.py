@@ -82,7 +82,7 @@ class BestPerPrompt:
         value, where = flat.max(dim=1)
         concept, instance = where // matches.shape[2], where % matches.shape[2]
         if self.mask_logits is None:
-            self.mask_logits = mask_logits.new_zeros(len(value), *mask_logits.shape[-2:]).cpu()
+            self.mask_logits = torch.zeros(len(value), *mask_logits.shape[-2:])  # float32, whatever the input precision
         better = value > self.value
         self.value = torch.where(better, value, self.value)
         self.class_id = torch.where(better, torch.as_tensor(list(concepts))[concept], self.class_id)
