@@ -26,6 +26,8 @@ from .concepts import (
 
 #: open-vocabulary protocols: recognise the GT box / point's instance, or detect (mask AP)
 PROTOCOLS = ("box", "point", "detector_free")
+#: detector-free concepts per image: every class, or (LVIS) those its evaluation scores there
+CONCEPT_SETS = ("all", "verified")
 #: where the semantic adapter's per-pixel concept scores come from
 SEMANTIC_SCORES = ("semantic_head", "instances")
 #: SAM 3's mask threshold on probabilities (``Sam3Processor``: ``masks > 0.5``)
@@ -52,6 +54,10 @@ class Sam3ZeroShot(SambenchMethod):
             processor's ``visual`` for exemplar-only prompts; ``class_name``: the concept's folder name).
         concept_names: class name -> text prompt: ``name`` verbatim (the package's COCO-JSON
             loader) or ``first_synonym``; a dataset's ``class_names_file`` wins (its first synonym).
+        concepts: detector-free: ``all`` classes on every image, or ``verified`` (LVIS only): the
+            classes the LVIS evaluation scores on that image (its annotations' and its
+            ``neg_category_ids``), ~60× fewer grounding passes; the others' detections are
+            ignored by the evaluation anyway, but no longer compete for ``max_detections``.
     """
 
     TASKS = (tasks.OPEN_VOCAB_INSTANCE, tasks.REFERRING, tasks.PERSONALIZE, tasks.SEMANTIC_FEW_SHOT)
@@ -60,19 +66,23 @@ class Sam3ZeroShot(SambenchMethod):
 
     def __init__(self, *, sam, task=None, protocol: str = "box", concept_batch: int = 8, max_detections: int = 100,
                  score_threshold: float = 0.0, semantic_scores: str = "semantic_head", exemplar_text: str = "visual",
-                 concept_names: str = "name"):
+                 concept_names: str = "name", concepts: str = "all"):
         super().__init__()
         for option, value, valid in (("protocol", protocol, PROTOCOLS), ("semantic_scores", semantic_scores, SEMANTIC_SCORES),
                                      ("exemplar_text", exemplar_text, ("visual", "class_name")),
-                                     ("concept_names", concept_names, CONCEPT_NAMES)):
+                                     ("concept_names", concept_names, CONCEPT_NAMES),
+                                     ("concepts", concepts, CONCEPT_SETS)):
             if value not in valid:
                 raise ConfigError(f"unknown method.{option} '{value}'; valid: {', '.join(valid)}")
         if concept_batch < 1 or max_detections < 1:
             raise ConfigError("method.concept_batch and method.max_detections must be >= 1")
+        if concepts == "verified" and protocol != "detector_free":
+            raise ConfigError(f"method.concepts=verified is for method.protocol=detector_free (with protocol={protocol} "
+                              "it would hand the GT classes to the recognition); use concepts=all")
         self.sam, self.TASK = sam, task or tasks.OPEN_VOCAB_INSTANCE
         self.protocol, self.concept_batch, self.max_detections = protocol, concept_batch, max_detections
         self.score_threshold, self.semantic_scores, self.exemplar_text = score_threshold, semantic_scores, exemplar_text
-        self.concept_names = concept_names
+        self.concept_names, self.concepts = concept_names, concepts
         self._exemplars: dict[str, tuple] = {}
 
     @torch.no_grad()
@@ -84,11 +94,14 @@ class Sam3ZeroShot(SambenchMethod):
     def _image(self, image) -> dict:
         return self.sam.encode_image(self.sam.preprocess(image)[None])
 
-    def _grounded_chunks(self, image: dict, texts: list[str]):
-        """(concept range, Grounding) per ``concept_batch`` concepts of ``texts`` on one image."""
+    def _grounded_chunks(self, image: dict, texts: list[str], class_ids: list[int] | None = None):
+        """(class ids, Grounding) per ``concept_batch`` concepts on one image: every text of
+        ``texts`` (the vocabulary, encoded once), or only those of ``class_ids``."""
         encoded = self.sam.encode_texts(texts)
-        for concepts in chunks(len(texts), self.concept_batch):
-            yield concepts, self.sam.ground(image, encoded, torch.tensor(list(concepts)))
+        ids = list(range(len(texts))) if class_ids is None else list(class_ids)
+        for part in chunks(len(ids), self.concept_batch):
+            concepts = [ids[i] for i in part]
+            yield concepts, self.sam.ground(image, encoded, torch.tensor(concepts))
 
     def _masks(self, mask_logits: torch.Tensor, size) -> torch.Tensor:
         """(K, h, w) logits -> (K, H, W) bool at the original size (processor: resize, sigmoid, > 0.5)."""
@@ -120,7 +133,7 @@ class Sam3ZeroShot(SambenchMethod):
 
     def _detections(self, sample: Sample, image: dict, texts: list[str]) -> Prediction:
         top = TopDetections(self.max_detections, self.score_threshold)
-        for concepts, out in self._grounded_chunks(image, texts):
+        for concepts, out in self._grounded_chunks(image, texts, self._verified(sample)):
             top.update(concepts, out.scores, out.boxes, out.mask_logits)
         if top.mask_logits is None or not len(top.score):
             return Prediction(index=sample.index, detections=[])
@@ -129,6 +142,18 @@ class Sam3ZeroShot(SambenchMethod):
         return Prediction(index=sample.index, detections=[
             Detection(bbox=box, score=float(score), class_id=int(class_id), mask=mask)
             for box, score, class_id, mask in zip(boxes, top.score.tolist(), top.class_id.tolist(), masks)])
+
+    def _verified(self, sample: Sample) -> list[int] | None:
+        """``concepts=verified``: the classes of the image's annotations and its LVIS negatives."""
+        if self.concepts == "all":
+            return None
+        negatives = sample.meta.get("neg_class_ids")
+        if negatives is None:
+            raise ConfigError("method.concepts=verified needs a federated dataset (LVIS: neg_category_ids per image); "
+                              f"sample {sample.meta.get('file_name', sample.index)} has none (COCO is exhaustively "
+                              "annotated: use method.concepts=all)")
+        present = [] if sample.class_ids is None else sample.class_ids.tolist()
+        return sorted(set(present) | set(negatives))
 
     # ----- referring --------------------------------------------------------------------------
     def referring(self, sample: Sample) -> Prediction:

@@ -9,9 +9,9 @@ reproduces the official ``Sam3Processor`` step by step, batched over concepts:
 * :meth:`encode_image` / :meth:`encode_texts` — ``backbone.forward_image`` / ``forward_text``;
 * :meth:`ground` — ``Sam3Image.forward_grounding`` for Q (image, concept) queries at once,
   re-composed from its upstream steps so a visual exemplar may come from another image;
-* :meth:`scores`, :meth:`masks_to_image`, :meth:`boxes_to_image` — the processor's output
-  conversion: ``sigmoid(logit) · sigmoid(presence)``, mask logits resized bilinearly to the
-  original size then ``sigmoid``, normalised cxcywh boxes to pixel xyxy.
+* :class:`Grounding` scores, :meth:`masks_to_image`, :meth:`boxes_to_image` — the processor's
+  output conversion: ``sigmoid(logit) · sigmoid(presence)``, mask logits resized bilinearly to
+  the original size then ``sigmoid``, normalised cxcywh boxes to pixel xyxy.
 """
 
 from __future__ import annotations
@@ -217,7 +217,17 @@ def load_sam3_weights(model: nn.Module, checkpoint: str, name: str) -> None:
     """The image model's tensors of a released ``sam3.pt`` (keys ``detector.*``), strictly: a
     file that lacks them, or holds another model, is a one-line error naming the file."""
     load_model_state(model, checkpoint, model_name=f"SAM 3 ({name})", select=detector_state,
-                     expected=f"{OFFICIAL_FILE} from {DOWNLOAD}")
+                     expected=f"{OFFICIAL_FILE} from {DOWNLOAD}", hint=_which_file)
+
+
+def _which_file(state: dict) -> str:
+    """What a file that does not fit holds instead (for the error message)."""
+    keys = list(state)
+    if any(key.startswith("tracker.") for key in keys) and not any(key.startswith("detector.") for key in keys):
+        return " (it holds only SAM 3's video tracker: tracker.* keys, no detector.*)"
+    if any(key.startswith(("image_encoder.", "mask_decoder.")) for key in keys):
+        return " (it looks like a SAM / HQ-SAM file: image_encoder.* keys)"
+    return ""
 
 
 def official_key_layout(model: nn.Module) -> list[str]:

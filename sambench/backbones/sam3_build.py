@@ -136,8 +136,12 @@ def initialise_empty_tensors(model: nn.Module) -> None:
 def detector_state(checkpoint: dict) -> dict:
     """The image model's tensors of a released SAM 3 file (``{"model": ...}`` or a plain state
     dict): keys under ``detector.`` with the prefix dropped, as the package's loader reads them;
-    the tracker's tensors are left out (the image model has no tracker)."""
+    the tracker's tensors are left out (the image model has no tracker). A file without any
+    ``detector.`` key is returned as it is (a state dict of the image model itself, or another
+    model's file, which the strict loader then reports key by key)."""
     state = checkpoint["model"] if isinstance(checkpoint.get("model"), dict) else checkpoint
+    if not any(isinstance(key, str) and key.startswith(DETECTOR_PREFIX) for key in state):
+        return state
     return {key[len(DETECTOR_PREFIX):]: value for key, value in state.items() if key.startswith(DETECTOR_PREFIX)}
 
 

@@ -7,6 +7,8 @@ A dataset built on :class:`OpenVocabInstanceDataset` exposes
 - ``category_ids``: class id -> original category id of the annotation file;
 - ``novel``: one bool per class (True = novel / unseen in training);
 - ``ann_file_path``: absolute path of the ground-truth json (for AP evaluation);
+- samples' ``meta["neg_class_ids"]``: an LVIS image's ``neg_category_ids`` as class ids (None
+  for COCO): with the classes of its annotations, the classes the LVIS evaluation scores there;
 - ``synonym_lists``: with ``dataset.class_names_file``, one list of prompt names per class
   (what the text embeddings are built from, :func:`read_class_names_file`); None otherwise (the
   names are split into synonyms by :func:`synonyms`). Samples carry it as ``meta["synonym_lists"]``.
@@ -35,6 +37,15 @@ COCO_BASE_IDS: tuple[int, ...] = (
 )
 #: COCO category ids of the 17 novel classes.
 COCO_NOVEL_IDS: tuple[int, ...] = (5, 6, 17, 18, 21, 22, 28, 32, 36, 41, 47, 49, 61, 63, 76, 81, 87)
+
+
+def negative_class_ids(image_info: dict[str, Any], category_index: dict[int, int]) -> list[int] | None:
+    """An LVIS image's ``neg_category_ids`` as class ids (categories outside the vocabulary are
+    left out); None for images without the field (COCO: exhaustively annotated)."""
+    negatives = image_info.get("neg_category_ids")
+    if not isinstance(negatives, list):
+        return None
+    return sorted(category_index[cat] for cat in negatives if cat in category_index)
 
 
 def synonyms(name: str) -> list[str]:
@@ -227,5 +238,7 @@ class OpenVocabInstanceDataset(SambenchDataset):
                 "prediction_path": str(Path(relative).with_suffix("")),
                 "novel": self.novel,  # one bool per class id (the open-vocabulary ensemble needs it)
                 "synonym_lists": self.synonym_lists,  # None = split the class names (dataset.class_names_file)
+                # LVIS: the classes verified absent from this image (class ids); None = not a federated dataset
+                "neg_class_ids": negative_class_ids(image_info, self.category_index),
             },
         )

@@ -10,6 +10,7 @@ import torch
 from sambench.testing import SHARED_DATA, needs_shared
 
 from sambench.tasks import OPEN_VOCAB_INSTANCE
+from sambench.testing.coco_synthetic import write_synthetic_coco
 from sambench.testing.lvis_synthetic import RARE_IDS, write_synthetic_lvis
 from sambench.data.open_vocab import COCO_BASE_IDS, COCO_NOVEL_IDS, synonyms
 from sambench.errors import ConfigError
@@ -117,6 +118,23 @@ def test_lvis_paths_from_coco_url(lvis_root):
         assert sample.image.shape[:2] == (image_info["height"], image_info["width"])
         assert sample.masks.shape[1:] == sample.image.shape[:2] and sample.masks.any(dim=(1, 2)).all()
     assert folders == {"train2017", "val2017"}  # never one assumed folder
+
+
+def test_lvis_samples_carry_their_negative_classes_coco_samples_none(lvis_root, tmp_path):
+    negatives = {image["id"]: image["neg_category_ids"] for split in ("train", "val")
+                 for image in json.loads((lvis_root / f"annotations/lvis_v1_{split}.json").read_text())["images"]}
+    train = DATASETS.get("lvis")(split="train", root=str(lvis_root))  # rare categories are not in its vocabulary
+    for dataset in (DATASETS.get("lvis")(split="eval", root=str(lvis_root)), train):
+        seen = 0
+        for index in range(len(dataset)):
+            sample = dataset[index]
+            expected = sorted(dataset.category_ids.index(c) for c in negatives[sample.meta["image_id"]]
+                              if c in dataset.category_ids)
+            assert sample.meta["neg_class_ids"] == expected
+            seen += len(expected)
+        assert seen > 0
+    coco = DATASETS.get("coco_ov")(split="eval", root=str(write_synthetic_coco(tmp_path / "coco", num_images=2)))
+    assert coco[0].meta["neg_class_ids"] is None
 
 
 def test_lvis_train_drops_rare_and_eval_flags_rare_novel(lvis_root):
@@ -265,3 +283,31 @@ def test_the_composition_root_builds_the_open_vocab_evaluator_from_the_dataset(t
     assert evaluator.dataset_kind == "lvis" and evaluator.output_dir == str(tmp_path / "run")
     assert list(evaluator.novel) == list(dataset.novel) and any(dataset.novel)
     assert evaluator.ann_file == dataset.ann_file_path
+
+
+def test_lvis_ignores_detections_of_classes_neither_annotated_nor_verified_absent(lvis_root):
+    """The premise of SAM 3's ``method.concepts=verified``: on an LVIS image, detections of a class
+    that is neither annotated nor in ``neg_category_ids`` change nothing; detections of a class
+    verified absent are false positives."""
+    from sambench.evaluation.open_vocab import encode_mask, lvis_mask_ap
+
+    dataset = DATASETS.get("lvis")(split="eval", root=str(lvis_root))
+    perfect, unverified, negative = [], [], []
+    for index in range(len(dataset)):
+        sample = dataset[index]
+
+        def result(class_id: int, mask, score: float) -> dict:
+            return {"image_id": sample.meta["image_id"], "category_id": dataset.category_ids[class_id], "score": score,
+                    "segmentation": encode_mask(mask.numpy())}
+
+        perfect += [result(c, m, 0.5) for m, c in zip(sample.masks, sample.class_ids.tolist())]
+        scored = set(sample.class_ids.tolist()) | set(sample.meta["neg_class_ids"])
+        unverified += [result(c, sample.masks[0], 0.9) for c in range(len(dataset.class_names)) if c not in scored]
+        negative += [result(c, sample.masks[0], 0.9) for c in sample.meta["neg_class_ids"]]
+    assert unverified and negative
+    image_ids = [image["id"] for image, _ in dataset.entries]
+    apply_numpy_float_shim()
+    base = lvis_mask_ap(dataset.ann_file_path, perfect, image_ids)["AP"]
+    assert base > 50
+    assert lvis_mask_ap(dataset.ann_file_path, perfect + unverified, image_ids)["AP"] == base
+    assert lvis_mask_ap(dataset.ann_file_path, perfect + negative, image_ids)["AP"] < base

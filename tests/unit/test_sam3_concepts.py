@@ -386,3 +386,27 @@ def test_semantic_label_map(sam, semantic_scores):
 def test_invalid_options_are_config_errors(sam, options):
     with pytest.raises(ConfigError):
         Sam3ZeroShot(sam=sam, task=tasks.OPEN_VOCAB_INSTANCE, **options)
+
+
+def test_verified_concepts_ground_only_the_classes_the_lvis_evaluation_scores(sam, monkeypatch):
+    sample = _instances_sample()  # annotated classes 0, 2, 4
+    sample.meta["neg_class_ids"] = [1]
+    grounded = []
+    ground = sam.ground
+    monkeypatch.setattr(sam, "ground", lambda image, texts, ids, **kw: grounded.append(ids.tolist()) or ground(image, texts, ids, **kw))
+    method = Sam3ZeroShot(sam=sam, task=tasks.OPEN_VOCAB_INSTANCE, protocol="detector_free", concept_batch=2,
+                          max_detections=9, concepts="verified")
+    (pred,) = method.predict(Batch([sample]))
+    assert grounded == [[0, 1], [2, 4]]  # class 3 is neither annotated nor verified absent
+    scores = _chunked_grounding(sam, sample.image, NAMES, [[0, 1], [2, 4]])[0]  # rows: classes 0, 1, 2, 4
+    expected = scores.flatten().sort(descending=True).values[:9]
+    assert [d.score for d in pred.detections] == pytest.approx(expected.tolist(), abs=1e-6)
+    assert {d.class_id for d in pred.detections} <= {0, 1, 2, 4}
+
+
+def test_verified_concepts_need_a_federated_dataset_and_the_detector_free_protocol(sam):
+    method = Sam3ZeroShot(sam=sam, task=tasks.OPEN_VOCAB_INSTANCE, protocol="detector_free", concepts="verified")
+    with pytest.raises(ConfigError, match="needs a federated dataset"):
+        method.predict(Batch([_instances_sample()]))  # COCO-like: no neg_class_ids
+    with pytest.raises(ConfigError, match="concepts=verified is for method.protocol=detector_free"):
+        Sam3ZeroShot(sam=sam, task=tasks.OPEN_VOCAB_INSTANCE, protocol="box", concepts="verified")

@@ -98,8 +98,9 @@ def _tiny_state(model: Sam3ConceptModel) -> dict:
     (None, "not found"),
     (b"", "empty"),
     (b"\x00garbage, not a zip archive\xff" * 10, "not a weights file"),
-    ({"model": {"image_encoder.patch_embed.proj.weight": torch.zeros(2)}}, "no state dict"),  # SAM v1 keys
-    ({"model": {"tracker.x": torch.zeros(2)}}, "no state dict"),  # the tracker only
+    ({"model": {"image_encoder.patch_embed.proj.weight": torch.zeros(2)}}, "does not fit SAM 3.*looks like a SAM "),
+    ({"model": {"tracker.x": torch.zeros(2)}}, "does not fit SAM 3.*only SAM 3's video tracker"),
+    ({"model": {"detector.x": "not a tensor"}}, "no state dict of tensors"),
 ])
 def test_bad_files_are_one_line_errors_naming_the_file(tmp_path, content, says):
     path = tmp_path / "weights.pt"

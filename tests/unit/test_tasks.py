@@ -28,7 +28,7 @@ from sambench.evaluation.personalization import PersonalizationEvaluator
 from sambench.evaluation.referring import ReferringEvaluator
 from sambench.evaluation.semantic import SemanticEvaluator
 from sambench.method import ROOT_KWARG_NAMES, SambenchMethod
-from sambench.registry import DATASETS, METHODS, check_pairing, load_plugins
+from sambench.registry import DATASETS, METHODS, check_pairing, load_plugins, method_tasks, task_for
 from sambench.structures import Batch, Prediction, Sample
 
 load_plugins()
@@ -42,7 +42,9 @@ def test_six_tasks_with_distinct_names_and_every_plugin_declares_task_objects():
         "prompted_instance", "personalize", "referring", "semantic_few_shot", "open_vocab_instance", "image_distillation",
     ]
     for name, cls in METHODS.module_dict.items():
-        assert cls.TASK in tasks.ALL, name
+        assert method_tasks(cls) and all(task in tasks.ALL for task in method_tasks(cls)), name
+    assert method_tasks(METHODS.get("sam3")) == (tasks.OPEN_VOCAB_INSTANCE, tasks.REFERRING, tasks.PERSONALIZE,
+                                                 tasks.SEMANTIC_FEW_SHOT)
     for name, cls in DATASETS.module_dict.items():
         assert cls.TASKS and all(task in tasks.ALL for task in cls.TASKS), name
     with pytest.raises(FrozenInstanceError):
@@ -56,6 +58,20 @@ def test_pairing_error_names_the_task_and_the_datasets_that_fit():
         check_pairing("sam2clip", "perseg")
     with pytest.raises(ConfigError, match="datasets that fit: coco, coco_ov, lvis$"):
         check_pairing("ovsam", "sample")
+
+
+def test_a_method_with_several_tasks_takes_the_one_the_dataset_serves():
+    sam3 = METHODS.get("sam3")
+    assert task_for(sam3, DATASETS.get("refcoco")) == tasks.REFERRING
+    assert task_for(sam3, DATASETS.get("perseg")) == tasks.PERSONALIZE
+    assert task_for(sam3, DATASETS.get("cityscapes")) == tasks.SEMANTIC_FEW_SHOT
+    assert task_for(sam3, DATASETS.get("lvis")) == tasks.OPEN_VOCAB_INSTANCE
+    assert task_for(sam3, DATASETS.get("sample")) is None
+    assert task_for(METHODS.get("persam"), DATASETS.get("perseg")) == tasks.PERSONALIZE  # one TASK: itself
+    with pytest.raises(ConfigError, match=r"method 'sam3' \(task 'open_vocab_instance, referring, personalize, "
+                                          r"semantic_few_shot'\) cannot run on dataset 'sample'; datasets that fit: "
+                                          r"acdc, ade20k, .*perseg, refcoco, refcocog, refcocop$"):
+        check_pairing("sam3", "sample")
 
 
 def test_missing_fields_lists_what_a_sample_lacks():
