@@ -114,3 +114,26 @@ def test_two_rank_semantic_evaluation_equals_one_rank(tmp_path):
     labelled = sum(int((np.array(Image.open(p)) != 255).sum()) for p in (root / "gtFine" / "val").rglob("*_labelTrainIds.png"))
     assert m1["num_pixels"] == labelled  # every image counted exactly once
     assert m1 == m2
+
+
+def test_two_rank_sam3_detections_equal_one_rank(tmp_path):
+    """SAM 3 zero-shot, detector-free on a generated LVIS copy (4 images, 2 ranks): every rank's
+    detections reach detections.json once, so the file and the metrics equal the 1-rank run."""
+    from sambench.testing.lvis_synthetic import write_synthetic_lvis
+
+    root = write_synthetic_lvis(tmp_path / "lvis")
+    args = ["tools/eval.py", "method=sam3", "backbone=sam3_tiny", "dataset=lvis", f"dataset.root={root}",
+            "method.protocol=detector_free", "method.max_detections=5", "trainer.device=cpu", "trainer.eval.batch_size=1"]
+    one = run_tool(*args, f"hydra.run.dir={tmp_path / 'eval1'}", env=ONE_THREAD)
+    two = run_tool(*args, f"hydra.run.dir={tmp_path / 'eval2'}", torchrun=2)
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-3000:]
+    m1 = json.loads((tmp_path / "eval1" / "metrics.json").read_text())
+    m2 = json.loads((tmp_path / "eval2" / "metrics.json").read_text())
+    assert m1["num_images"] == 4 and m1["num_detections"] == 4 * 5
+    assert m1 == m2
+
+    def detections(run):
+        entries = json.loads((tmp_path / run / "detections.json").read_text())
+        return sorted((d["image_id"], d["category_id"], round(d["score"], 6), d["segmentation"]["counts"]) for d in entries)
+
+    assert detections("eval1") == detections("eval2")
