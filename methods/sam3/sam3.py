@@ -12,7 +12,7 @@ import torch
 
 from sambench import tasks
 from sambench.backbones.sam3 import VISUAL_ONLY_TEXT
-from sambench.errors import ConfigError
+from sambench.errors import ConfigError, DatasetError
 from sambench.evaluation.open_vocab import instance_outputs
 from sambench.method import SambenchMethod
 from sambench.prompts import interior_points, mask_boxes
@@ -168,7 +168,10 @@ class Sam3ZeroShot(SambenchMethod):
         """The first reference's mask box as a positive exemplar (encoded on the reference image);
         the target's top-scoring instance."""
         reference = sample.references[0]
-        text = VISUAL_ONLY_TEXT if self.exemplar_text == "visual" else concept_text(reference.name.split("/")[0], rule="first_synonym")
+        if self.exemplar_text == "visual":
+            text = VISUAL_ONLY_TEXT
+        else:  # the object's folder name, e.g. "cat_statue/00" -> "cat statue"
+            text = concept_text(reference.name.split("/")[0], rule="first_synonym")
         exemplar = self._exemplar(reference)
         out = self.sam.ground(self._image(sample.image), self.sam.encode_texts([text]), torch.tensor([0]),
                               exemplars=exemplar)
@@ -179,6 +182,9 @@ class Sam3ZeroShot(SambenchMethod):
         """Exemplar tokens of a reference (cached by its name: a concept's targets share it)."""
         key = reference.name or str(id(reference))
         if key not in self._exemplars:
+            if not reference.mask.any():
+                raise DatasetError(f"reference {reference.name or '?'}: its mask is empty, so SAM 3 has no exemplar box "
+                                   "(expected a mask with a foreground object)")
             box = mask_boxes(torch.as_tensor(reference.mask)[None])
             size = reference.mask.shape[:2]
             self._exemplars = {key: self.sam.encode_exemplars(self._image(reference.image),
@@ -193,7 +199,7 @@ class Sam3ZeroShot(SambenchMethod):
         for concepts, out in self._grounded_chunks(self._image(sample.image), texts):
             if self.semantic_scores == "semantic_head":
                 logits = out.semantic_logits
-            else:  # a probability map: resize it (logit of a probability would be the same order)
+            else:  # probabilities -> logits, so the map is resized as every SAM 3 map is (logits, then sigmoid)
                 logits = torch.logit(instance_score_map(out.scores, out.mask_logits).clamp(1e-6, 1 - 1e-6))
             best.update(concepts, self.sam.masks_to_image(logits, sample.size))
         return Prediction(index=sample.index, semantic=best.label)

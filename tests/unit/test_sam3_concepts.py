@@ -410,3 +410,27 @@ def test_verified_concepts_need_a_federated_dataset_and_the_detector_free_protoc
         method.predict(Batch([_instances_sample()]))  # COCO-like: no neg_class_ids
     with pytest.raises(ConfigError, match="concepts=verified is for method.protocol=detector_free"):
         Sam3ZeroShot(sam=sam, task=tasks.OPEN_VOCAB_INSTANCE, protocol="box", concepts="verified")
+
+
+def test_an_empty_reference_mask_is_a_clear_error(sam):
+    from sambench.errors import DatasetError
+
+    empty = Reference(image=_image(3), mask_rgb=np.zeros((*SIZE, 3), np.uint8), name="dog/00")
+    sample = Sample(index=0, image=_image(4), masks=torch.zeros(1, *SIZE, dtype=torch.bool), references=[empty])
+    method = Sam3ZeroShot(sam=sam, task=tasks.PERSONALIZE)
+    with pytest.raises(DatasetError, match="reference dog/00: its mask is empty"):
+        method.predict(Batch([sample]))
+
+
+@pytest.mark.parametrize("exemplar_text, expected", [("visual", "visual"), ("class_name", "cat statue")])
+def test_personalize_text_beside_the_exemplar(sam, monkeypatch, exemplar_text, expected):
+    mask_rgb = np.zeros((*SIZE, 3), dtype=np.uint8)
+    mask_rgb[8:30, 10:40] = (128, 0, 0)
+    reference = Reference(image=_image(2), mask_rgb=mask_rgb, name="cat_statue/00")
+    texts = []
+    encode = sam.encode_texts
+    monkeypatch.setattr(sam, "encode_texts", lambda names: texts.append(list(names)) or encode(names))
+    method = Sam3ZeroShot(sam=sam, task=tasks.PERSONALIZE, exemplar_text=exemplar_text)
+    method.predict(Batch([Sample(index=0, image=_image(6), masks=torch.zeros(1, *SIZE, dtype=torch.bool),
+                                 references=[reference])]))
+    assert texts == [[expected]]
