@@ -139,8 +139,9 @@ def check_pairing(method: str, dataset: str) -> None:
     if task_for(method_cls, lookup(DATASETS, dataset)) is not None:
         return
     fitting = sorted(n for n, c in DATASETS.module_dict.items() if task_for(method_cls, c) is not None)
-    tasks = ", ".join(str(task) for task in method_tasks(method_cls))
+    solved = method_tasks(method_cls)
+    tasks = ("task" if len(solved) == 1 else "tasks") + " '" + ", ".join(str(task) for task in solved) + "'"
     raise ConfigError(
-        f"method '{method}' (task '{tasks}') cannot run on dataset '{dataset}'; "
+        f"method '{method}' ({tasks}) cannot run on dataset '{dataset}'; "
         f"datasets that fit: {', '.join(fitting) or 'none'}"
     )

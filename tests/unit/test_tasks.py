@@ -68,7 +68,7 @@ def test_a_method_with_several_tasks_takes_the_one_the_dataset_serves():
     assert task_for(sam3, DATASETS.get("lvis")) == tasks.OPEN_VOCAB_INSTANCE
     assert task_for(sam3, DATASETS.get("sample")) is None
     assert task_for(METHODS.get("persam"), DATASETS.get("perseg")) == tasks.PERSONALIZE  # one TASK: itself
-    with pytest.raises(ConfigError, match=r"method 'sam3' \(task 'open_vocab_instance, referring, personalize, "
+    with pytest.raises(ConfigError, match=r"method 'sam3' \(tasks 'open_vocab_instance, referring, personalize, "
                                           r"semantic_few_shot'\) cannot run on dataset 'sample'; datasets that fit: "
                                           r"acdc, ade20k, .*perseg, refcoco, refcocog, refcocop$"):
         check_pairing("sam3", "sample")
