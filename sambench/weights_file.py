@@ -10,16 +10,22 @@ import torch
 from sambench.errors import CheckpointError
 
 
+def check_weights_file(path: Path, expected: str) -> None:
+    """Raise CheckpointError naming ``path`` and ``expected`` when the file is missing or empty
+    (cheap: callers may check before building a large model)."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path} (expected {expected})")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint is empty: {path} (expected {expected})")
+
+
 def load_weights_file(path: Path, expected: str) -> Any:
     """The file's content (tensors and plain containers only).
 
     Raises CheckpointError naming ``path`` and ``expected`` for a missing or empty file and for
     anything ``weights_only`` refuses (garbage bytes, pickled objects, truncated archives).
     """
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path} (expected {expected})")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint is empty: {path} (expected {expected})")
+    check_weights_file(path, expected)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types

@@ -17,6 +17,7 @@ reproduces the official ``Sam3Processor`` step by step, batched over concepts:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,11 +29,12 @@ from sambench.backbones.sam3_build import (
     RESOLUTION, build_sam3_image, detector_state, initialise_empty_tensors, runnable_here,
 )
 from sambench.errors import CheckpointError
-from sambench.weights_file import load_model_state
+from sambench.weights_file import check_weights_file, load_model_state
 
 #: the released file of the image model (with the video tracker's tensors, which are not read)
 OFFICIAL_FILE = "sam3.pt"
 DOWNLOAD = "huggingface.co/facebook/sam3 (gated: accept the SAM License, then download sam3.pt)"
+EXPECTED = f"{OFFICIAL_FILE} from {DOWNLOAD}"
 #: the processor's normalisation (``v2.Normalize(mean=[0.5] * 3, std=[0.5] * 3)``)
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.5
 #: the text the processor encodes when a query has only a visual (geometric) prompt
@@ -77,6 +79,8 @@ class Sam3ConceptModel(nn.Module):
             raise CheckpointError(f"backbone {name} needs SAM 3's weights: download {OFFICIAL_FILE} from {DOWNLOAD} "
                                   f"and pass backbone.checkpoint=<path to it>")
         self.name, self.variant, self.checkpoint = name, variant, checkpoint
+        if checkpoint is not None:  # before building 840 M parameters
+            check_weights_file(Path(checkpoint).expanduser(), EXPECTED)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
             model = build_sam3_image(variant, bpe_path)
@@ -216,8 +220,8 @@ def _on_meta(model: nn.Module) -> bool:
 def load_sam3_weights(model: nn.Module, checkpoint: str, name: str) -> None:
     """The image model's tensors of a released ``sam3.pt`` (keys ``detector.*``), strictly: a
     file that lacks them, or holds another model, is a one-line error naming the file."""
-    load_model_state(model, checkpoint, model_name=f"SAM 3 ({name})", select=detector_state,
-                     expected=f"{OFFICIAL_FILE} from {DOWNLOAD}", hint=_which_file)
+    load_model_state(model, checkpoint, model_name=f"SAM 3 ({name})", select=detector_state, expected=EXPECTED,
+                     hint=_which_file)
 
 
 def _which_file(state: dict) -> str:
