@@ -9,9 +9,11 @@ no names = every official backbone; real random-weight models, so ViT-H / Hiera-
 
 import argparse
 import json
+import sys
 
 from sambench.cli.backbone_cost import OFFICIAL, backbone_table, measure_backbone
 from sambench.cli.flops import measure, table
+from sambench.errors import ConfigError
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,7 +31,11 @@ if __name__ == "__main__":
     if args.backbones is not None:
         results = {}
         for name in args.backbones or OFFICIAL:
-            results[name] = measure_backbone(name, repeats=args.repeats)
+            try:
+                results[name] = measure_backbone(name, repeats=args.repeats)
+            except ConfigError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                sys.exit(2)
             print(f"measured {name}: {results[name]}", flush=True)
         print(backbone_table(results))
     else:

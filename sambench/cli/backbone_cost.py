@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from sambench.backbones.registry import DEFAULT_FAMILY, backbone_class, backbone_configs
+from sambench.backbones.interface import BACKBONE_KINDS
+from sambench.backbones.registry import DEFAULT_FAMILY, backbone_class, backbone_configs, kind_of
+from sambench.errors import ConfigError
 
 #: the official backbones, in the table's order
 OFFICIAL = ("sam_vit_b", "sam_vit_l", "sam_vit_h", "sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+",
@@ -40,6 +42,10 @@ def build_random(name: str, cache_dir: str | None = None):
 
 def measure_backbone(name: str, repeats: int = 1, image_hw: tuple[int, int] = (768, 1024)) -> dict[str, float]:
     """{"params_m", "gmacs", "cold_ms", "warm_ms"} of one backbone config."""
+    config = backbone_configs().get(name, {})
+    if kind_of(config) != "promptable":
+        raise ConfigError(f"backbone '{name}' is a {BACKBONE_KINDS[kind_of(config)]}, not a promptable SAM backbone: "
+                          "this table measures an image encoding and one box decode, which it does not have")
     image = np.random.default_rng(0).integers(0, 256, (*image_hw, 3), dtype=np.uint8)
     backbone = build_random(name).requires_grad_(False)
     params = sum(p.numel() for p in backbone.parameters()) / 1e6

@@ -47,3 +47,11 @@ def test_backbone_table_measures_a_built_backbone():
     assert result["gmacs"] > 1 and result["warm_ms"] < result["cold_ms"]  # the warm round is a cache read
     row = backbone_table({"sam_tiny": result}).splitlines()[2]
     assert row.startswith("| sam_tiny | ") and f"{result['params_m']:,.1f}" in row
+
+
+def test_backbone_table_refuses_sam3_with_a_reason():
+    from sambench.cli.backbone_cost import measure_backbone
+    from sambench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="backbone 'sam3_tiny' is a concept model .*, not a promptable SAM backbone"):
+        measure_backbone("sam3_tiny")
