@@ -3,7 +3,7 @@
 ``variant="sam3"`` calls the package's own ``build_sam3_image_model`` with no checkpoint and
 ``load_from_HF=False`` (~840 M parameters, 1008² input); the weights are then loaded strictly by
 :func:`load_sam3_weights`. ``variant="tiny"`` composes the same package modules at small widths
-(tests and the embedded default): a 2-block ViT, a 2-layer text encoder, one fusion-encoder and
+(tests and quick runs): a 2-block ViT, a 2-layer text encoder, one fusion-encoder and
 one decoder layer, 252² input (an 18×18 patch grid).
 
 The package is imported here, when a model is built, never at import of sambench.
@@ -45,6 +45,7 @@ def build_sam3_image(variant: str, bpe_path: str | None = None) -> nn.Module:
     if variant not in RESOLUTION:
         raise ConfigError(f"backbone.variant={variant!r}: SAM 3 variants are {', '.join(RESOLUTION)}")
     bpe_path = bpe_path or default_bpe_path()
+    bpe_path = str(Path(bpe_path).expanduser())
     if not Path(bpe_path).is_file():
         raise ConfigError(f"backbone.bpe_path={bpe_path}: no such file (CLIP's bpe_simple_vocab_16e6.txt.gz)")
     import_sam3()
@@ -152,7 +153,6 @@ def _tiny_sam3_image(bpe_path: str, d_model: int = 64, width: int = 32, heads: i
     from sam3.model.encoder import TransformerEncoderFusion, TransformerEncoderLayer
     from sam3.model.geometry_encoders import SequenceGeometryEncoder
     from sam3.model.maskformer_segmentation import PixelDecoder, UniversalSegmentationHead
-    from sam3.model.memory import CXBlock
     from sam3.model.model_misc import MLP, DotProductScoring, TransformerWrapper
     from sam3.model.model_misc import MultiheadAttentionWrapper as Attention
     from sam3.model.necks import Sam3DualViTDetNeck
@@ -213,7 +213,6 @@ def _tiny_sam3_image(bpe_path: str, d_model: int = 64, width: int = 32, heads: i
         layer=encoder_layer(pos_enc_at_attn=False, pos_enc_at_cross_attn_queries=False,
                             pos_enc_at_cross_attn_keys=True, self_attention=attention(False),
                             cross_attention=attention(False)))
-    del CXBlock  # the full model's geometry encoder imports it too; unused at this size
     return Sam3Image(backbone=backbone, transformer=TransformerWrapper(encoder=encoder, decoder=decoder, d_model=d_model),
                      input_geometry_encoder=geometry, segmentation_head=segmentation, num_feature_levels=1,
                      o2m_mask_predict=True, dot_prod_scoring=scoring, use_instance_query=False, multimask_output=True,
