@@ -6,6 +6,8 @@ Shapes: C concepts, N decoder queries (instances) per concept, G ground-truth in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torchvision.ops import box_iou
 
@@ -74,7 +76,8 @@ class BestPerPrompt:
         self.score = torch.zeros(count)
         self.mask_logits: torch.Tensor | None = None  # (G, h, w)
 
-    def update(self, matches: torch.Tensor, concepts: range, scores: torch.Tensor, mask_logits: torch.Tensor) -> None:
+    def update(self, matches: torch.Tensor, concepts: Sequence[int], scores: torch.Tensor,
+               mask_logits: torch.Tensor) -> None:
         """matches (G, Cc, N) of the chunk's concepts; scores (Cc, N); mask_logits (Cc, N, h, w)."""
         if matches.shape[0] == 0:
             return
@@ -102,7 +105,8 @@ class TopDetections:
         self.boxes = torch.zeros(0, 4)
         self.mask_logits: torch.Tensor | None = None
 
-    def update(self, concepts: range, scores: torch.Tensor, boxes: torch.Tensor, mask_logits: torch.Tensor) -> None:
+    def update(self, concepts: Sequence[int], scores: torch.Tensor, boxes: torch.Tensor,
+               mask_logits: torch.Tensor) -> None:
         """scores (Cc, N), boxes (Cc, N, 4), mask_logits (Cc, N, h, w) of the chunk's concepts."""
         flat = scores.flatten().float().cpu()
         keep = torch.nonzero(flat > self.score_threshold).flatten()
@@ -137,8 +141,9 @@ class BestConcept:
         self.value = torch.full(size, -float("inf"))
         self.label = torch.zeros(size, dtype=torch.long)
 
-    def update(self, concepts: range, score_maps: torch.Tensor) -> None:
-        value, index = score_maps.float().cpu().max(dim=0)
+    def update(self, concepts: Sequence[int], score_maps: torch.Tensor) -> None:
+        """score_maps (Cc, H, W) of the chunk's concepts (their class ids: ``concepts``)."""
+        value, index = (part.cpu() for part in score_maps.float().max(dim=0))  # reduce on the device, copy (H, W)
         better = value > self.value  # strict: the lower class id wins ties, as argmax does
         self.value = torch.where(better, value, self.value)
         self.label = torch.where(better, torch.as_tensor(list(concepts))[index], self.label)
