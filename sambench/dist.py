@@ -1,4 +1,5 @@
-"""Distributed helpers. ``torchrun`` sets the environment; without it everything is 1 process."""
+"""Distributed helpers. ``torchrun`` sets the environment, or a submitit task exports it from its
+job environment (:mod:`sambench.cluster`); without either everything is 1 process."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 import torch
 import torch.distributed as dist
 
+from sambench import cluster
 from sambench.errors import ConfigError, SambenchError
 
 DEFAULT_TIMEOUT_S = 1800.0  # torch's default; rank 0 alone may take minutes (e.g. LVIS mask AP)
@@ -56,7 +58,21 @@ def waiting(what: str):
 
 
 def launched_by_torchrun() -> bool:
+    """True when the rank variables are set: by torchrun, or exported from a submitit task's placement."""
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def cuda_index() -> int:
+    """This rank's GPU: ``LOCAL_RANK`` when the process sees every GPU of its node, 0 when it
+    sees exactly one (a scheduler that binds one GPU per task)."""
+    local, visible = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
+    if local < visible:
+        return local
+    if visible == 1:
+        return 0
+    raise ConfigError(f"local rank {local} but this process sees {visible} GPUs (CUDA_VISIBLE_DEVICES="
+                      f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): run one task per GPU, each seeing "
+                      "either all GPUs of its node or exactly one")
 
 
 def backend_and_device(device: str = "auto") -> tuple[str, torch.device]:
@@ -67,21 +83,36 @@ def backend_and_device(device: str = "auto") -> tuple[str, torch.device]:
         raise ConfigError("trainer.device=cuda but CUDA is not available (torch.cuda.is_available() is false: no GPU, "
                           "no driver or a CPU build of torch); use trainer.device=auto or cpu")
     if torch.cuda.is_available() and device in ("auto", "cuda"):
-        return "nccl", torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return "nccl", torch.device("cuda", cuda_index())
     return "gloo", torch.device("cpu")
 
 
 def init_distributed(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> torch.device:
-    """Initialise the process group under torchrun (see :func:`backend_and_device`), once per
-    process; return the device. ``timeout_s``: how long a collective waits for the other ranks
-    before failing."""
+    """Initialise the process group under torchrun or in a submitit task of a job with several
+    tasks (see :func:`backend_and_device`), once per process; return the device. ``timeout_s``:
+    how long a collective waits for the other ranks before failing."""
+    placement = cluster.submitit_placement()
+    if placement is not None and placement.world_size > 1 and not dist.is_initialized():
+        cluster.export_placement(placement)
     backend, chosen = backend_and_device(device)
+    if placement is not None and chosen.type == "cuda":
+        warn_unused_gpus(placement.local_world_size)
     if launched_by_torchrun() and not dist.is_initialized():
         if chosen.type == "cuda":
             torch.cuda.set_device(chosen)
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
         _timeout["seconds"] = timeout_s
     return chosen
+
+
+def warn_unused_gpus(tasks_per_node: int) -> None:
+    """A submitit job with fewer tasks than GPUs per node uses one GPU per task and leaves the
+    rest idle (sambench starts no processes of its own; Hydra issue 2231)."""
+    visible = torch.cuda.device_count()
+    if visible > tasks_per_node:
+        log.warning("this task sees %d GPUs but the job runs %d task%s per node: sambench uses one GPU per task; "
+                    "set hydra.launcher.tasks_per_node=%d to use them all", visible, tasks_per_node,
+                    "s" * (tasks_per_node > 1), visible)
 
 
 def training_device(device: str = "auto") -> torch.device:

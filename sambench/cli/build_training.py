@@ -5,7 +5,8 @@ Each group of the section is the keyword arguments of one factory here (``traine
 :func:`build_optimizer`, ``trainer.schedule`` -> :func:`build_scheduler` and
 :func:`~sambench.engine.schedules.lr_multiplier`, ``trainer.eval`` ->
 :func:`build_evaluation_hook`, ``trainer.checkpoint`` -> :class:`CheckpointHook`,
-``trainer.ema`` -> :func:`build_ema_hook`, the top-level keys -> :func:`build_trainer`). A
+``trainer.ema`` -> :func:`build_ema_hook`, ``trainer.preemption`` -> :class:`PreemptionHook`,
+the top-level keys -> :func:`build_trainer`). A
 factory's keyword parameters with defaults are its config keys: ``check_trainer`` checks the
 config against those signatures before anything is built.
 
@@ -28,6 +29,7 @@ from sambench.data.loader import eval_loader, start_epoch, train_loader
 from sambench import dist
 from sambench.engine.hooks import CheckpointHook, EMAHook, EvaluationHook, Hook, LossLoggingHook
 from sambench.engine.loop import Trainer
+from sambench.engine.preemption import PreemptionHook
 from sambench.engine.schedules import epochs_to_steps, lr_multiplier
 from sambench.errors import ConfigError
 
@@ -99,14 +101,14 @@ def build_trainer(
     precision: str = "fp32", accumulate: int = 1, grad_clip: float | None = None, seed: int = 0,
     find_unused_parameters: bool = False, optim: dict | None = None, schedule: dict | None = None,
     eval: dict | None = None, checkpoint: dict | None = None, ema: dict | None = None,
-    hooks: list | None = None,
+    preemption: dict | None = None, hooks: list | None = None,
 ) -> Trainer:
     """The trainer for ``method`` on ``train_set``, evaluated on ``eval_set`` (None: never).
 
     Steps count optimizer updates; with ``accumulate`` > 1 each uses that many batches of
     ``batch_size`` samples per rank. ``max_steps`` wins over ``max_epochs``. Hooks, in order:
     EMA (if ``ema.decay``), loss logging, evaluation, the method's ``training_hooks()``,
-    ``hooks`` (extra: by code or ``trainer.hooks``), checkpoint.
+    ``hooks`` (extra: by code or ``trainer.hooks``), preemption (``preemption.signals``), checkpoint.
     """
     method = method.to(device)
     params = method.trainable_parameters()
@@ -136,7 +138,7 @@ def build_trainer(
     if eval_set is not None:
         all_hooks.append(build_evaluation_hook(eval_set, evaluator=evaluator, run_logger=run_logger,
                                                num_workers=num_workers, ema=ema_hook, **(eval or {})))
-    all_hooks += [*extra_hooks([*method.training_hooks(), *(hooks or [])]),
+    all_hooks += [*extra_hooks([*method.training_hooks(), *(hooks or [])]), PreemptionHook(**(preemption or {})),
                   CheckpointHook(run_dir=run_dir, **(checkpoint or {}))]
     return Trainer(
         model=model, train_batches=functools.partial(start_epoch, loader, seed=seed) if loader else None,

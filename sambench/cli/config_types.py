@@ -143,6 +143,7 @@ def check_trainer(values: dict) -> None:
     (``sambench/cli/build_training.py``), then ranges and the device."""
     from sambench.cli import build_training as build
     from sambench.engine.hooks import CheckpointHook
+    from sambench.engine.preemption import PreemptionHook, signal_numbers
     from sambench.engine.schedules import lr_multiplier
 
     check_values("trainer", config_keys(build.build_trainer), values, ignore=("device", "collective_timeout"))
@@ -152,6 +153,7 @@ def check_trainer(values: dict) -> None:
         "eval": config_keys(build.build_evaluation_hook),
         "checkpoint": config_keys(CheckpointHook),
         "ema": config_keys(build.build_ema_hook),
+        "preemption": config_keys(PreemptionHook),
     }
     for group, hints in groups.items():
         if isinstance(values.get(group), dict):
@@ -161,6 +163,7 @@ def check_trainer(values: dict) -> None:
         where = values.get(group) if group else values
         if isinstance(where, dict) and name in where and not _passes(test, where[name]):
             raise ConfigError(f"trainer.{key}={where[name]!r}: expected {expected}")
+    signal_numbers((values.get("preemption") or {}).get("signals") or [])
     name = (values.get("optim") or {}).get("name", "adamw")
     if name not in build.OPTIMIZERS:
         raise ConfigError(f"unknown trainer.optim.name '{name}'; valid: {', '.join(build.OPTIMIZERS)}")

@@ -15,10 +15,11 @@ from sambench.cli.build import (
 )
 from sambench.cli.build_training import build_trainer
 from sambench.data.loader import eval_loader
-from sambench import dist
+from sambench import cluster, dist
 from sambench.checkpoint import load_checkpoint, load_trainable, resolve_checkpoint
 from sambench.engine.evaluate import evaluate
 from sambench.engine.precision import check_precision, set_strict_fp32
+from sambench.engine.preemption import Preempted
 from sambench.evaluation.prediction_files import merge_label_files
 from sambench.logging import build_run_logger
 from sambench.logging.console import setup_console_logging
@@ -36,6 +37,11 @@ def _start(cfg: DictConfig, job: str):
     device = dist.training_device(cfg.trainer.device)  # the process group was set up by cli/launch.py
     write_run_files(cfg, run_dir)
     log.info("run folder: %s (%d rank%s, %s)", run_dir, dist.world_size(), "s" * (dist.world_size() > 1), device)
+    placement = cluster.submitit_placement()
+    if placement is not None:
+        log.info("submitit %s job %s: %d task%s, ranks from its job environment (master %s:%d)", placement.executor,
+                 placement.job_id, placement.world_size, "s" * (placement.world_size > 1), placement.master_addr,
+                 placement.master_port)
     seed_everything(cfg.trainer.seed)
     set_strict_fp32(cfg.trainer.precision)
     run_logger = build_run_logger(
@@ -63,7 +69,13 @@ def train(cfg: DictConfig) -> dict:
     trainer = build_trainer(method=method, train_set=train_set, eval_set=eval_set,
                             evaluator=build_evaluator(method.TASK, eval_set.dataset_meta, run_dir), run_dir=run_dir,
                             device=device, run_logger=run_logger, **settings)
-    metrics = trainer.fit()
+    try:
+        metrics = trainer.fit()
+    except Preempted as stop:
+        log.warning("%s; the run resumes from %s when started again in this run folder (hydra.run.dir=%s)",
+                    stop, run_dir / "checkpoints" / "last.pt", run_dir)
+        run_logger.finish()
+        raise
     _finish(run_dir, metrics, run_logger)
     return metrics
 

@@ -2,9 +2,13 @@
 
 Before Hydra runs the job: refuse ``--multirun`` under torchrun, check config-group choices
 (unknown names list the valid ones and the closest match), compose the config once and check
-it, initialise DDP from that composed config (the only place that does: an experiment that sets
-``trainer.device=cpu`` gets a gloo group on a GPU host) and agree on one run-folder stamp
-across ranks (the broadcast needs the group, Hydra makes the folder from the stamp). User errors (:class:`SambenchError`) print one line
+it, initialise DDP from that composed config (an experiment that sets ``trainer.device=cpu``
+gets a gloo group on a GPU host) and agree on one run-folder stamp across ranks (the broadcast
+needs the group, Hydra makes the folder from the stamp). A task of Hydra's submitit launcher
+(``-m hydra/launcher=submitit_*``) instead sets up its group inside the job, from submitit's job
+environment (:mod:`sambench.cluster`); its stamp comes from the submitter's config. A run stopped
+by a preemption signal (:mod:`sambench.engine.preemption`) is requeued under submitit, else it
+exits with 128 + the signal number. User errors (:class:`SambenchError`) print one line
 ``error: ...`` and exit with status 2; ``traceback=true`` (or ``debug=traceback``) shows the trace.
 """
 
@@ -16,11 +20,13 @@ import sys
 from typing import Callable
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from sambench import CONFIG_DIR, REPO_ROOT
 from sambench.cli.build import check_config
-from sambench import dist
+from sambench import cluster, dist
+from sambench.engine.preemption import Preempted
 from sambench.errors import ConfigError, SambenchError
 from sambench.registry import closest
 
@@ -35,7 +41,10 @@ def _stamp_resolver() -> str:
     return _stamp["value"]
 
 
-OmegaConf.register_new_resolver("sambench_stamp", _stamp_resolver, replace=True)
+# Cached per config: Hydra copies the resolver cache of the sweep's master config into every job's
+# config (``load_sweep_config``), so a submitit task (another process, maybe another machine, or a
+# requeued job days later) resolves the same stamp, hence the same run folder, as the submitter.
+OmegaConf.register_new_resolver("sambench_stamp", _stamp_resolver, replace=True, use_cache=True)
 # ${sambench_repo:} = the repository root, for data bundled with the code (e.g. the PerSeg sample)
 OmegaConf.register_new_resolver("sambench_repo", lambda: str(REPO_ROOT), replace=True)
 
@@ -44,10 +53,21 @@ def wants_traceback(argv: list[str]) -> bool:
     return any(a.lstrip("+") in ("traceback=true", "traceback=True", "debug=traceback") for a in argv)
 
 
+def check_chdir(value) -> None:
+    """``hydra.job.chdir=true`` is refused: relative paths (data roots, ``ckpt=``, checkpoints)
+    are read from where the run was launched, and the run folder is already where every file goes."""
+    if str(value).lower() == "true":
+        raise ConfigError("hydra.job.chdir=true is not supported: sambench reads relative paths (dataset.root, ckpt=, "
+                          "backbone.checkpoint) from where you launch and writes every output into the run folder "
+                          "itself; drop the override (also under hydra/launcher=submitit_*)")
+
+
 def check_group_choices(argv: list[str]) -> None:
     """Fail on ``group=name`` overrides whose ``conf/group/name.yaml`` does not exist."""
     for arg in argv:
         key, sep, value = arg.lstrip("+").partition("=")
+        if key == "hydra.job.chdir":
+            check_chdir(value)
         if not sep or key not in GROUPS or value in ("null", ""):
             continue
         valid = sorted(p.stem for p in (CONFIG_DIR / key).glob("*.yaml"))
@@ -79,6 +99,7 @@ def compose_checked(config_name: str, argv: list[str]) -> DictConfig:
     try:
         with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name, overrides=argv, return_hydra_config=True)
+        check_chdir(cfg.hydra.job.chdir)
         check_config(cfg)  # before Hydra makes the run folder: a bad value leaves nothing behind
         return cfg
     except (HydraException, OmegaConfBaseException) as exc:  # also a value that cannot be resolved
@@ -122,6 +143,14 @@ def fail(exc: BaseException) -> None:
     raise SystemExit(EXIT_USER_ERROR)
 
 
+def after_preemption(stop: Preempted) -> None:
+    """The checkpoint is saved: under submitit hand over to its requeue (task 0 exits there; the
+    other tasks return); otherwise exit with 128 + the signal number, as a process killed by it would."""
+    if cluster.hand_over(stop.signum):
+        return None
+    raise SystemExit(128 + stop.signum)
+
+
 def launch(job: Callable[[DictConfig], object], config_name: str) -> None:
     """Run ``job(cfg)`` as a Hydra app over ``conf/<config_name>.yaml``."""
     argv = sys.argv[1:]
@@ -139,7 +168,12 @@ def launch(job: Callable[[DictConfig], object], config_name: str) -> None:
     @hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base="1.3")
     def _main(cfg: DictConfig):
         try:
+            check_chdir(HydraConfig.get().job.chdir)
+            # a submitit task (no torchrun, no prepare()) sets up its group here; elsewhere a no-op
+            dist.init_distributed(cfg.trainer.get("device") or "auto", seconds(cfg.trainer.get("collective_timeout")))
             return job(cfg)
+        except Preempted as stop:
+            return after_preemption(stop)
         except SambenchError as exc:
             if cfg.get("traceback") or traceback:
                 raise

@@ -137,8 +137,8 @@ class EvaluationHook(Hook):
 
 
 class CheckpointHook(Hook):
-    """Save ``<run_dir>/checkpoints/last.pt`` every ``every`` steps (if set) and at the end
-    (rank 0, atomic write); at the start remove temporaries of killed runs, warn when the disk
+    """Save ``<run_dir>/checkpoints/last.pt`` every ``every`` steps (if set), when the run is
+    stopping for a preemption signal (``trainer.stop_signal``) and at the end (rank 0, atomic write); at the start remove temporaries of killed runs, warn when the disk
     is too small, and resume: ``auto`` continues from ``last.pt`` when it exists, a path
     resumes from that file, None starts fresh.
 
@@ -164,7 +164,7 @@ class CheckpointHook(Hook):
         self.load(trainer)
 
     def after_step(self, trainer, losses) -> None:
-        if self.every and trainer.step % self.every == 0:
+        if (self.every and trainer.step % self.every == 0) or getattr(trainer, "stop_signal", 0):
             self.save(trainer)
 
     def after_run(self, trainer) -> None:

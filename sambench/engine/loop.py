@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from sambench import dist
 from sambench.engine.precision import autocast, check_precision
+from sambench.engine.preemption import Preempted
 from sambench.logging.console import progress
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,9 @@ class Trainer:
     (:mod:`sambench.engine.hooks`).
 
     Run state the hooks read and write: ``step`` (optimizer steps done), ``metrics`` (the last
-    evaluation's), ``params`` (the method's trainable parameters by name), ``scaler``.
+    evaluation's), ``params`` (the method's trainable parameters by name), ``scaler``,
+    ``stop_signal`` (set by the preemption hook: after this step's hooks, including the
+    checkpoint's save, the run stops with :class:`~sambench.engine.preemption.Preempted`).
     """
 
     def __init__(
@@ -51,7 +54,7 @@ class Trainer:
         self.max_steps, self.steps_per_epoch, self.device, self.precision = max_steps, steps_per_epoch, device, precision
         self.accumulate, self.grad_clip, self.hooks = max(1, accumulate), grad_clip, list(hooks)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        self.step, self.metrics = 0, {}
+        self.step, self.metrics, self.stop_signal = 0, {}, 0
 
     def fit(self) -> dict:
         """Train from ``step`` (a checkpoint hook may resume it first) to ``max_steps``; return
@@ -75,6 +78,9 @@ class Trainer:
                 bar.set_postfix(loss=f"{sum(v for k, v in losses.items() if k != 'grad_norm'):.4f}")
                 for hook in self.hooks:
                     hook.after_step(self, losses)
+                if self.stop_signal:
+                    bar.close()
+                    raise Preempted(self.stop_signal, self.step)
         bar.close()
         for hook in self.hooks:
             hook.after_run(self)

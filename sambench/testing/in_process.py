@@ -5,7 +5,8 @@ interpreter and a fresh ``import torch`` (5-20 s a call): the checks, process gr
 of :func:`sambench.cli.launch.prepare` (it also composes the config), the run set-up that
 ``@hydra.main`` makes with sambench's config (``HydraConfig`` with ``runtime.output_dir`` = the
 absolute ``hydra.run.dir``, the folder created, the job called without the ``hydra`` node; the
-configs switch off Hydra's logging and ``.hydra/`` folder), then the job. A user error
+configs switch off Hydra's logging and ``.hydra/`` folder), then the job. A run stopped by a
+preemption signal gives ``returncode`` 128 + the signal number. A user error
 (:class:`~sambench.errors.SambenchError`) gives ``returncode`` 2 and launch's one ``error:`` line
 on stderr; ``traceback=true`` re-raises it. Any other exception propagates (a subprocess would
 exit 1 with its trace).
@@ -55,6 +56,7 @@ def run_job(job: str, *overrides: str) -> JobResult:
     """Run ``tools/<job>.py overrides...`` (``job``: ``train`` or ``eval``) in this process."""
     from sambench import dist
     from sambench.cli import jobs, launch
+    from sambench.engine.preemption import Preempted
     from sambench.errors import SambenchError
 
     functions = {"train": jobs.train, "eval": jobs.evaluate_job}
@@ -74,6 +76,8 @@ def run_job(job: str, *overrides: str) -> JobResult:
                 metrics = functions[job](task_cfg)
             finally:
                 dist.shutdown()
+        except Preempted as stop:  # not under submitit: the tool exits with 128 + the signal number
+            return JobResult(128 + stop.signum, stderr.getvalue(), None, run_dir)
         except SambenchError as exc:
             if launch.wants_traceback(argv) or (task_cfg is not None and task_cfg.get("traceback")):
                 raise
