@@ -196,14 +196,14 @@ def run_worker(worker: str, tiny: bool, device: torch.device, steps: int, repeat
         result = measure(model, device, steps=steps, repeats=repeats, train_batch=train_batch, predict_batch=predict_batch)
         rows = [{"method": worker, **result}]
         if worker == "persam":
-            rows.append(fit_persam_f(model.sam, predict_batch[0], tiny))
+            rows.append(fit_persam_f(model.sam, predict_batch[0], tiny, repeats))
     memory = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mib() - base_rss
     for row in rows:
         row["memory_mib"] = memory
     return rows
 
 
-def fit_persam_f(sam, sample, tiny: bool) -> dict:
+def fit_persam_f(sam, sample, tiny: bool, repeats: int) -> dict:
     """PerSAM-F's fitting (``adapt``: reference features + the 2-weight fit) and its inference."""
     from sambench.cli.bench_persam import time_fitting
     from sambench.registry import METHODS
@@ -216,7 +216,7 @@ def fit_persam_f(sam, sample, tiny: bool) -> dict:
     device = sam.device
     with torch.no_grad():
         method.predict(Batch([sample]))  # fits once (cached per concept), then pure inference
-        infer = statistics.median(timed_ms(lambda: method.predict(Batch([sample])), device) for _ in range(3))
+        infer = statistics.median(timed_ms(lambda: method.predict(Batch([sample])), device) for _ in range(repeats))
     return {"method": "persam_f", "train_ms": seconds * 1000 / iterations, "infer_ms": infer, "trainable": 2,
             "fit_s": seconds, "fit_iterations": iterations}
 
