@@ -57,7 +57,10 @@ def section_env(args) -> tuple[str, bool]:
     from sambench.cli.build import environment
 
     env = environment()
-    nccl = ".".join(map(str, torch.cuda.nccl.version())) if args.device == "cuda" else "n/a"
+    nccl = "n/a"
+    if args.device == "cuda":
+        version = torch.cuda.nccl.version()  # a (major, minor, patch) tuple in recent torch, an int before
+        nccl = ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
     rows = [["torch", torch.__version__], ["CUDA (torch build)", torch.version.cuda or "none"], ["NCCL", nccl],
             ["sambench git sha", env["git_sha"] or "unknown"], ["CPU cores", os.cpu_count()]]
     if args.device == "cuda":
