@@ -37,10 +37,16 @@ class ToolFailed(RuntimeError):
 # ----- subprocess runs of tools/train.py --------------------------------------------------------
 def run_train(overrides: list[str], nproc: int = 1, threads: int | None = None) -> float:
     """Run ``tools/train.py overrides`` (under torchrun when ``nproc`` > 1); return wall seconds."""
+    return run_script(TRAIN_SCRIPT, overrides, nproc=nproc, threads=threads)
+
+
+def run_script(script: Path, overrides: list[str], nproc: int = 1, threads: int | None = None) -> float:
+    """Run the Hydra tool ``script`` (``tools/train.py`` or ``tools/eval.py``) with ``overrides``,
+    under torchrun when ``nproc`` > 1; return wall seconds. Raises :class:`ToolFailed`."""
     command = [sys.executable]
     if nproc > 1:
         command += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    command += [str(TRAIN_SCRIPT), "logger.wandb=disabled", *overrides]
+    command += [str(script), "logger.wandb=disabled", *overrides]
     env = {**os.environ, "WANDB_MODE": "disabled", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1"}
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)

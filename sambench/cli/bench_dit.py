@@ -51,6 +51,11 @@ def build(name: str, backbone: str, device: torch.device, **options):
     return METHODS.get(name)(sam=sam, text_encoder=text, **options).to(device).eval()
 
 
+def referring_batch(image: np.ndarray) -> Batch:
+    """One sample: ``image`` (H×W×3 uint8), an all-background mask and :data:`EXPRESSION`."""
+    return Batch([Sample(index=0, image=image, masks=torch.zeros(1, *image.shape[:2], dtype=torch.bool), texts=[EXPRESSION])])
+
+
 def timed_call(model, batch, device: torch.device) -> float:
     """Milliseconds of one ``predict``."""
     if device.type == "cuda":
@@ -76,7 +81,7 @@ def main(argv: list[str]) -> int:
         progress(f"{label}: building on {device}")
         torch.manual_seed(0)
         models[label] = build(name, args.backbone, device, **options)
-    batch = Batch([Sample(index=0, image=image, masks=torch.zeros(1, *image.shape[:2], dtype=torch.bool), texts=[EXPRESSION])])
+    batch = referring_batch(image)
     times: dict[str, list[float]] = {label: [] for label in models}
     with torch.inference_mode():
         for round_index in range(args.repeats + 2):  # interleaved rounds: drift hits every model alike

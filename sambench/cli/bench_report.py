@@ -11,6 +11,7 @@ SAM_TINY = dict(
     encoder_global_attn_indexes=[1], allow_random_init=True,
 )
 SAM_VIT_B = dict(name="sam_vit_b", variant="vit_b", allow_random_init=True)
+SAM_VIT_H = dict(name="sam_vit_h", variant="vit_h", allow_random_init=True)
 
 
 def progress(message: str, tag: str = "bench") -> None:

@@ -68,14 +68,21 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def worker(args) -> dict:
-    """One method in this process: warm caches, one warm-up step, then timed steps."""
-    device = torch.device(args.device)
-    model = build(args, args.worker).to(device)
+def prepared(args, method: str):
+    """``method`` built on ``args.device`` and its batch, with the frozen SAM and CLIP image
+    features already cached (the timed steps only run what trains)."""
+    model = build(args, method).to(torch.device(args.device))
     batch = fake_batch(args)
     with torch.no_grad():
         model.sam.embed_images([s.image for s in batch])
         model.clip.dense_features([s.image for s in batch])
+    return model, batch
+
+
+def worker(args) -> dict:
+    """One method in this process: warm caches, one warm-up step, then timed steps."""
+    device = torch.device(args.device)
+    model, batch = prepared(args, args.worker)
     optimizer = torch.optim.SGD(list(model.trainable_parameters().values()), lr=1e-3, momentum=0.9)
 
     def step():
