@@ -1,4 +1,6 @@
-"""DDP on CPU (gloo) through torchrun: same parameters and same evaluation as 1 process."""
+"""DDP on CPU (gloo) through torchrun (one node, or two "nodes" on this machine meeting through
+a c10d rendezvous) and as the tasks of a faked Slurm job: same parameters and same evaluation
+as 1 process."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import pytest
 import json
 
 import torch
-from sambench.testing import REPO, TINY_SAM, run_tool
+from sambench.testing import REPO, TINY_SAM, run_tool, run_tool_as_slurm_tasks, run_tool_on_nodes
 
 from sambench.backbones.sam import SamBackbone
 
@@ -26,39 +28,81 @@ def trainable(run_dir):
     return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["trainable"]
 
 
-def test_two_ranks_match_one_rank(tmp_path):
+SGD = ["trainer.optim.name=sgd", "trainer.optim.lr=0.05"]
+
+
+@pytest.fixture(scope="module")
+def one_rank_training(tmp_path_factory):
+    """Global batch 2 on 1 rank (the reference of the multi-rank trainings)."""
+    run_dir = tmp_path_factory.mktemp("train1") / "run"
+    one = run_tool("tools/train.py", *COMMON, *SGD, "trainer.batch_size=2", f"hydra.run.dir={run_dir}", env=ONE_THREAD)
+    assert one.returncode == 0, one.stderr[-3000:]
+    return run_dir
+
+
+def assert_same_training(one, many) -> None:
+    """Parameters within 1e-6 and one run folder written once (only rank 0 writes)."""
+    a, b = trainable(one), trainable(many)
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    init = {f"sam.{k}": v for k, v in SamBackbone(**TINY_SAM).state_dict().items()}
+    assert max((a[k] - init[k]).abs().max().item() for k in a) > 1e-4  # training really moved them
+    assert sorted(p.name for p in many.iterdir()) == sorted(p.name for p in one.iterdir())
+    assert len((many / "log.jsonl").read_text().splitlines()) == len((one / "log.jsonl").read_text().splitlines())
+
+
+def test_two_ranks_match_one_rank(tmp_path, one_rank_training):
     """Global batch 2: 1 rank x 2 samples vs 2 ranks x 1 sample, crossing an epoch boundary.
 
     SGD keeps the comparison tight: its update is linear in the gradient, whereas Adam divides
     by sqrt(v) and turns float-rounding noise of near-zero gradients into visible differences.
     """
-    sgd = ["trainer.optim.name=sgd", "trainer.optim.lr=0.05"]
-    one = run_tool("tools/train.py", *COMMON, *sgd, "trainer.batch_size=2", f"hydra.run.dir={tmp_path / 'one'}", env=ONE_THREAD)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = run_tool("tools/train.py", *COMMON, *sgd, "trainer.batch_size=1", f"hydra.run.dir={tmp_path / 'two'}", torchrun=2)
+    two = run_tool("tools/train.py", *COMMON, *SGD, "trainer.batch_size=1", f"hydra.run.dir={tmp_path / 'two'}", torchrun=2)
     assert two.returncode == 0, two.stderr[-3000:]
-    a, b = trainable(tmp_path / "one"), trainable(tmp_path / "two")
-    assert a.keys() == b.keys()
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
-    init = {f"sam.{k}": v for k, v in SamBackbone(**TINY_SAM).state_dict().items()}
-    assert max((a[k] - init[k]).abs().max().item() for k in a) > 1e-4  # training really moved them
-    # one folder, written once: rank 1 must not have written its own logs
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
-    assert len((tmp_path / "two" / "log.jsonl").read_text().splitlines()) == len(
-        (tmp_path / "one" / "log.jsonl").read_text().splitlines()
-    )
+    assert_same_training(one_rank_training, tmp_path / "two")
 
 
-def test_two_rank_evaluation_equals_one_rank_on_odd_dataset(tmp_path, trained_run):
+def test_two_nodes_match_one_rank(tmp_path, one_rank_training):
+    """torchrun --nnodes=2 --rdzv-backend=c10d: two agents, one process each, as on two machines."""
+    nodes = run_tool_on_nodes("tools/train.py", *COMMON, *SGD, "trainer.batch_size=1", f"hydra.run.dir={tmp_path / 'two'}")
+    assert all(n.returncode == 0 for n in nodes), "".join(n.stderr[-3000:] for n in nodes)
+    assert_same_training(one_rank_training, tmp_path / "two")
+    assert json.loads((tmp_path / "two" / "env.json").read_text())["world_size"] == 2
+
+
+@pytest.fixture(scope="module")
+def one_rank_evaluation(tmp_path_factory, trained_run):
+    """tools/eval.py of the trained run on 5 images, 1 process: the multi-rank references."""
+    run_dir = tmp_path_factory.mktemp("eval1") / "run"
+    one = run_tool("tools/eval.py", *COMMON, f"ckpt={trained_run}", f"hydra.run.dir={run_dir}", env=ONE_THREAD)
+    assert one.returncode == 0, one.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["num_images"] == 5 and metrics["mIoU"] > 0
+    return metrics
+
+
+def test_two_rank_evaluation_equals_one_rank_on_odd_dataset(tmp_path, trained_run, one_rank_evaluation):
     """5 eval images over 2 ranks: the sampler pads one; metrics must be identical anyway."""
-    args = ["tools/eval.py", *COMMON, f"ckpt={trained_run}"]
-    one = run_tool(*args, f"hydra.run.dir={tmp_path / 'eval1'}", env=ONE_THREAD)
-    two = run_tool(*args, f"hydra.run.dir={tmp_path / 'eval2'}", torchrun=2)
-    assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-3000:]
-    m1 = json.loads((tmp_path / "eval1" / "metrics.json").read_text())
-    m2 = json.loads((tmp_path / "eval2" / "metrics.json").read_text())
-    assert m1["num_images"] == 5 and m1["mIoU"] > 0
-    assert m1 == m2
+    two = run_tool("tools/eval.py", *COMMON, f"ckpt={trained_run}", f"hydra.run.dir={tmp_path / 'eval2'}", torchrun=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert json.loads((tmp_path / "eval2" / "metrics.json").read_text()) == one_rank_evaluation
+
+
+def test_two_node_evaluation_equals_one_rank(tmp_path, trained_run, one_rank_evaluation):
+    nodes = run_tool_on_nodes("tools/eval.py", *COMMON, f"ckpt={trained_run}", f"hydra.run.dir={tmp_path / 'eval2'}")
+    assert all(n.returncode == 0 for n in nodes), "".join(n.stderr[-3000:] for n in nodes)
+    assert json.loads((tmp_path / "eval2" / "metrics.json").read_text()) == one_rank_evaluation
+
+
+def test_faked_slurm_tasks_take_their_ranks_from_the_job_environment(tmp_path, trained_run, one_rank_evaluation):
+    """Two processes started as the tasks of a submitit Slurm job (SLURM_PROCID 0 and 1, no
+    torchrun): they form one 2-rank group from that environment and evaluate as 1 process does."""
+    tasks = run_tool_as_slurm_tasks("tools/eval.py", *COMMON, f"ckpt={trained_run}",
+                                    f"hydra.run.dir={tmp_path / 'eval2'}", env=ONE_THREAD)
+    assert all(t.returncode == 0 for t in tasks), "".join(t.stderr[-3000:] for t in tasks)
+    assert json.loads((tmp_path / "eval2" / "env.json").read_text())["world_size"] == 2
+    assert "submitit slurm job 777: 2 tasks, ranks from its job environment (master localhost:" in tasks[0].stderr
+    assert json.loads((tmp_path / "eval2" / "metrics.json").read_text()) == one_rank_evaluation
 
 
 def test_default_run_folder_is_shared_by_ranks(tmp_path):
