@@ -148,8 +148,9 @@ def section_precision(args, work: Path) -> tuple[str, bool]:
 
 
 # ----- 5. methods ------------------------------------------------------------------------------------------
-def run_method_worker(worker: str, args) -> list[dict]:
-    command = [sys.executable, "-m", "sambench.cli.gpu_check_methods", "--worker", worker, "--device", args.device,
+def run_method_worker(workers: list[str], args) -> list[dict]:
+    """The rows of ``workers``, measured one after the other in one fresh process."""
+    command = [sys.executable, "-m", "sambench.cli.gpu_check_methods", "--worker", ",".join(workers), "--device", args.device,
                "--steps", str(args.steps), "--repeats", str(args.repeats), *(["--tiny"] if args.tiny else [])]
     try:
         child = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
@@ -157,18 +158,19 @@ def run_method_worker(worker: str, args) -> list[dict]:
     except subprocess.TimeoutExpired:
         error = f"timed out after {WORKER_TIMEOUT_S} s"
     if error:
-        return [{"method": name, "error": error} for name in WORKERS[worker][0]]
+        return [{"method": name, "error": error} for worker in workers for name in WORKERS[worker][0]]
     return json.loads(child.stdout.strip().splitlines()[-1])
 
 
 def section_methods(args) -> tuple[str, bool]:
+    """One fresh process per method (peaks do not mix); with ``--tiny`` one for all (a test run)."""
     rows = []
-    for worker in args.methods:
-        progress(f"method {worker}: fresh process on {args.device} ...")
+    for workers in [args.methods] if args.tiny else [[worker] for worker in args.methods]:
+        progress(f"method{'s' * (len(workers) > 1)} {', '.join(workers)}: fresh process on {args.device} ...")
         started = time.perf_counter()
-        rows += run_method_worker(worker, args)
-        progress(f"method {worker}: {time.perf_counter() - started:.0f} s")
-    text = methods_table(rows, args.tiny) + "\n\n" + paper_comparisons(rows)
+        rows += run_method_worker(workers, args)
+        progress(f"{', '.join(workers)}: {time.perf_counter() - started:.0f} s")
+    text = methods_table(rows, args.tiny) + "\n\n" + paper_comparisons(rows, shared_process=args.tiny)
     return text, not any("error" in r for r in rows)
 
 

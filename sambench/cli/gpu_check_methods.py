@@ -1,6 +1,8 @@
 """Section 5 of ``tools/gpu_check.py``: every method at its papers' backbone sizes (``--tiny``: the
 test presets), random weights, one fresh process per method (``python -m sambench.cli.gpu_check_methods
---worker NAME --device D [--tiny]`` prints one JSON line), so peak memories do not mix.
+--worker NAME --device D [--tiny]`` prints one JSON line), so peak memories do not mix. With
+``--tiny`` (a CPU test run) all methods share one process (``--worker A,B,...``): the memory
+column is then the growth of that process's peak so far, not a per-method figure.
 
 Measured per row: the training-step time (median of ``--steps`` SGD steps after one warm-up; the
 frozen features come from the embedding caches, as sambench trains), the inference time per image
@@ -223,7 +225,7 @@ def fit_persam_f(sam, sample, tiny: bool, repeats: int) -> dict:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--worker", choices=sorted(WORKERS), required=True)
+    parser.add_argument("--worker", required=True, help=f"comma-separated, run in this order: {','.join(WORKERS)}")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--steps", type=int, default=3)
@@ -232,7 +234,11 @@ def main(argv: list[str]) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", 0)
-    print(json.dumps(run_worker(args.worker, args.tiny, device, args.steps, args.repeats)))
+    workers = [w.strip() for w in args.worker.split(",") if w.strip()]
+    unknown = [w for w in workers if w not in WORKERS]
+    if unknown or not workers:
+        parser.error(f"--worker: unknown {', '.join(unknown) or '(none given)'}; valid: {', '.join(WORKERS)}")
+    print(json.dumps([row for worker in workers for row in run_worker(worker, args.tiny, device, args.steps, args.repeats)]))
     return 0
 
 

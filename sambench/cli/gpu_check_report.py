@@ -79,12 +79,14 @@ def methods_table(rows: list[dict], tiny: bool) -> str:
             train = f"{number(row['train_ms'], 2)} (fit {row['fit_iterations']} it: {row['fit_s']:.2f} s)"
         lines.append([row["method"], sizes, train, number(row["infer_ms"]), number(row["memory_mib"], 0),
                       f"{row['trainable']:,}", PAPER[row["method"]]])
-    return markdown_table(["method", "sizes (random weights)", "train ms/step", "infer ms/image", "peak memory MiB",
+    memory = "peak memory MiB" + (" (one shared process: growth so far)" if tiny else "")
+    return markdown_table(["method", "sizes (random weights)", "train ms/step", "infer ms/image", memory,
                            "trainable params", "paper"], lines)
 
 
-def paper_comparisons(rows: list[dict]) -> str:
-    """Measured ratios beside the papers' (DIT Table 4, SSPrompt Table 7), PerSAM-F's fit time, OV-SAM's FPS."""
+def paper_comparisons(rows: list[dict], shared_process: bool = False) -> str:
+    """Measured ratios beside the papers' (DIT Table 4, SSPrompt Table 7), PerSAM-F's fit time,
+    OV-SAM's FPS. ``shared_process`` (``--tiny``: every method in one process): no memory ratio."""
     by_name = {r["method"]: r for r in rows if "error" not in r}
 
     def ratio(a: str, b: str, key: str):
@@ -98,7 +100,8 @@ def paper_comparisons(rows: list[dict]) -> str:
          f"{DIT_TABLE_4['dit_layerwise'] / DIT_TABLE_4['sam_text']:.2f} (123 ms = 123 ms, DIT Table 4)"],
         ["SSPrompt / CoOp training time", number(ratio("ssprompt", "coop", "train_ms"), 2),
          f"{ss_ms / co_ms:.2f} ({ss_ms} / {co_ms} ms, SSPrompt Table 7)"],
-        ["SSPrompt / CoOp training memory", number(ratio("ssprompt", "coop", "memory_mib"), 3),
+        ["SSPrompt / CoOp training memory",
+         "n/a (one shared process)" if shared_process else number(ratio("ssprompt", "coop", "memory_mib"), 3),
          f"{ss_gb / co_gb:.3f} ({ss_gb} / {co_gb} GB, SSPrompt Table 7)"],
     ]
     if "persam_f" in by_name:

@@ -2,7 +2,9 @@
 
 Every wandb call is guarded: the first exception logs one warning and turns this logger off for
 the rest of the run. ``online`` without an API key falls back to ``offline`` (sync later with
-``wandb sync <run_dir>/wandb/offline-run-*``), so wandb never prompts for a login.
+``wandb sync <run_dir>/wandb/offline-run-*``), so wandb never prompts for a login. The wandb run
+id is kept in ``<run_dir>/wandb/run_id``: a run resumed in its folder (a requeued Slurm job, a
+rerun after a preemption) continues the same wandb run (``resume="allow"``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -36,6 +39,19 @@ def has_wandb_api_key() -> bool:
         return host is not None and netrc.netrc(netrc_path).authenticators(host) is not None
     except (OSError, netrc.NetrcParseError):
         return False
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """The wandb run id of ``run_dir``: the one saved in ``wandb/run_id``, else a new one saved there."""
+    from sambench.files import write_text_atomic  # sambench.files imports this package
+
+    path = run_dir / "wandb" / "run_id"
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    run_id = uuid.uuid4().hex[:12]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, run_id + "\n")
+    return run_id
 
 
 class WandbLogger:
@@ -72,6 +88,7 @@ class WandbLogger:
             import wandb
 
             Path(run_dir).mkdir(parents=True, exist_ok=True)
+            run_id = wandb_run_id(Path(run_dir))
             settings = wandb.Settings(
                 silent=True,  # no banner / sync hints on the console
                 console="off",  # leave sys.stdout/sys.stderr alone
@@ -88,6 +105,8 @@ class WandbLogger:
                 tags=list(tags),
                 config=config,
                 settings=settings,
+                id=run_id,
+                resume="allow",
             )
             self._wandb = wandb
         except Exception as error:  # noqa: BLE001 - wandb must never stop a run

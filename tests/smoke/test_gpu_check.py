@@ -74,9 +74,10 @@ def test_every_method_row_has_numbers_and_its_paper_figure(check):
             assert NUMBER.match(infer) and NUMBER.match(memory), row
             assert NUMBER.match(train.split()[0]) or train == "n/a (training-free)", row
             assert paper == PAPER[name]
-    for comparison in ("L-DIT / SAM-text inference time", "SSPrompt / CoOp training time",
-                       "SSPrompt / CoOp training memory", "OV-SAM images/s"):
+    for comparison in ("L-DIT / SAM-text inference time", "SSPrompt / CoOp training time", "OV-SAM images/s"):
         assert NUMBER.match(rows(text, comparison)[0][1]), comparison
+    # --tiny measures every method in one process: peaks are not per method, so no memory ratio
+    assert rows(text, "SSPrompt / CoOp training memory")[0][1] == "n/a (one shared process)"
 
 
 def test_out_file_equals_stdout(check):

@@ -171,6 +171,22 @@ def test_wandb_online_without_key_falls_back_to_offline(tmp_path, wandb_env, cap
     assert list(folder.glob("*.wandb"))
 
 
+def test_wandb_run_resumed_in_its_folder_continues_the_same_wandb_run(tmp_path, wandb_env):
+    """A requeued or rerun training run (same folder) logs into the wandb run it started."""
+    ids = []
+    for step in (1, 2):
+        logger = WandbLogger(run_dir=tmp_path, mode="offline", project="sambench", entity=None, group="g",
+                             name="resumed", job_type="train", tags=[], config={})
+        ids.append(logger._run.id)
+        logger.log_metrics({"loss": 1.0 / step}, step=step)
+        logger.finish()
+    assert ids[0] == ids[1] == (tmp_path / "wandb" / "run_id").read_text().strip()
+    other = WandbLogger(run_dir=tmp_path / "other", mode="offline", project="sambench", entity=None, group="g",
+                        name="other", job_type="train", tags=[], config={})
+    assert other._run.id != ids[0]  # another run folder: another wandb run
+    other.finish()
+
+
 def test_wandb_api_key_detection(wandb_env, monkeypatch):
     assert not has_wandb_api_key()
     netrc_file = wandb_env / ".netrc"

@@ -76,6 +76,9 @@ def test_paper_ratios_are_measured_beside_the_papers():
     assert "| PerSAM-F fitting, 1000 iterations (s) | 2.50 |" in text
     assert "OV-SAM" not in text  # its worker failed: no ratio from missing numbers
     assert "n/a" in paper_comparisons([ROWS[0]]) and number(None) == "n/a" and number(float("nan")) == "n/a"
+    shared = paper_comparisons(ROWS, shared_process=True)  # --tiny: one process for all, peaks not per method
+    assert "| SSPrompt / CoOp training memory | n/a (one shared process) |" in shared
+    assert "| SSPrompt / CoOp training time | 0.64 |" in shared
 
 
 def test_methods_table_rows_cells_and_errors():

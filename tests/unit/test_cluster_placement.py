@@ -81,6 +81,29 @@ def test_a_one_task_job_starts_no_process_group(slurm_task):
     assert "RANK" not in os.environ
 
 
+def test_gpu_of_a_task(monkeypatch):
+    """cuda:<local rank> when the task sees its node's GPUs, cuda:0 when the scheduler bound one."""
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert dist.cuda_index() == 3
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert dist.cuda_index() == 0
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match="local rank 3 but this process sees 2 GPUs"):
+        dist.cuda_index()
+
+
+def test_a_task_with_idle_gpus_says_so(monkeypatch, caplog):
+    """Hydra issue 2231's pitfall: gpus_per_node=8 with one task per node uses one GPU."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    dist.warn_unused_gpus(1)
+    assert "sees 8 GPUs but the job runs 1 task per node" in caplog.text
+    assert "hydra.launcher.tasks_per_node=8" in caplog.text
+    caplog.clear()
+    dist.warn_unused_gpus(8)
+    assert not caplog.text
+
+
 def test_preempt_signal_follows_submitit(slurm_task):
     assert cluster.preempt_signal() == signal.SIGUSR2  # submitit's default
     assert not cluster.hand_over(signal.SIGTERM)  # Slurm cancels/preempts with TERM itself: never requeued here
