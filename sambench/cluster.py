@@ -23,9 +23,6 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-#: the variables torch's ``env://`` initialisation reads (plus the local ones torchrun also sets)
-TORCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
-
 
 @dataclass(frozen=True)
 class Placement:
@@ -43,7 +40,7 @@ class Placement:
     master_port: int
 
     def variables(self) -> dict[str, str]:
-        """The ``env://`` variables of this task."""
+        """The ``env://`` variables of this task (plus the local ones torchrun also sets)."""
         return {"MASTER_ADDR": self.master_addr, "MASTER_PORT": str(self.master_port), "RANK": str(self.rank),
                 "WORLD_SIZE": str(self.world_size), "LOCAL_RANK": str(self.local_rank),
                 "LOCAL_WORLD_SIZE": str(self.local_world_size)}
@@ -94,7 +91,7 @@ def hand_over(signum: int) -> bool:
     if ours is None or signum == signal.SIGTERM:
         return False
     handler = signal.getsignal(ours)
-    if not callable(handler) or handler in (signal.default_int_handler,):
+    if not callable(handler):  # SIG_DFL / SIG_IGN
         log.warning("no submitit handler for %s in this task: not requeued", signal.Signals(ours).name)
         return False
     handler(ours, None)  # task 0: requeue and exit; other tasks: returns

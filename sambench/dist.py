@@ -91,8 +91,8 @@ def init_distributed(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S)
     """Initialise the process group under torchrun or in a submitit task of a job with several
     tasks (see :func:`backend_and_device`), once per process; return the device. ``timeout_s``:
     how long a collective waits for the other ranks before failing."""
-    placement = cluster.submitit_placement()
-    if placement is not None and placement.world_size > 1 and not dist.is_initialized():
+    placement = None if dist.is_initialized() else cluster.submitit_placement()
+    if placement is not None and placement.world_size > 1:
         cluster.export_placement(placement)
     backend, chosen = backend_and_device(device)
     if placement is not None and chosen.type == "cuda":

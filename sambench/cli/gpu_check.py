@@ -105,7 +105,7 @@ def section_eval(args, work: Path) -> tuple[str, bool]:
         seconds = run_script(EVAL_SCRIPT, [*common, f"ckpt={train_dir}", f"hydra.run.dir={run_dir}", "cache.enabled=false",
                                            "trainer.eval.batch_size=1"], nproc=processes, threads=threads)
         metrics.append(json.loads((run_dir / "metrics.json").read_text()))
-        rows.append([f"tools/eval.py ckpt=<run>", processes, number(metrics[-1].get("mIoU"), 4),
+        rows.append(["tools/eval.py ckpt=<run>", processes, number(metrics[-1].get("mIoU"), 4),
                      metrics[-1].get("num_images", "?"), f"{seconds:.1f}", ""])
     passed, detail = compare_metrics(*metrics)
     rows.append(["metrics.json equal", f"1 vs {nproc}", "", "", "", f"{verdict(passed)}: {detail}"])
