@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 
 import numpy as np
 import torch
 
-from sambench.cli.bench_report import SAM_TINY, SAM_VIT_B, markdown_table, positive_int
+from sambench.cli.bench_report import SAM_TINY, SAM_VIT_B, markdown_table, positive_int, timed_ms
 from sambench.cli.bench_report import progress as report_progress
 from sambench.structures import Batch, Sample
 
@@ -56,17 +55,6 @@ def referring_batch(image: np.ndarray) -> Batch:
     return Batch([Sample(index=0, image=image, masks=torch.zeros(1, *image.shape[:2], dtype=torch.bool), texts=[EXPRESSION])])
 
 
-def timed_call(model, batch, device: torch.device) -> float:
-    """Milliseconds of one ``predict``."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    model.predict(batch)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) * 1000
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", choices=sorted(BACKBONES), default="sam_vit_b")
@@ -87,7 +75,7 @@ def main(argv: list[str]) -> int:
         for round_index in range(args.repeats + 2):  # interleaved rounds: drift hits every model alike
             progress(f"round {round_index + 1}/{args.repeats + 2}" + (" (warm-up)" if round_index < 2 else ""))
             for label, model in models.items():
-                elapsed = timed_call(model, batch, device)
+                elapsed = timed_ms(lambda: model.predict(batch), device)
                 if round_index >= 2:
                     times[label].append(elapsed)
     rows, medians = [], {}

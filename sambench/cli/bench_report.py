@@ -1,10 +1,15 @@
-"""What the benchmark scripts share: stderr progress, Markdown tables, argument types, and the
-random-weight SAM presets they time (timings do not depend on weight values)."""
+"""What the benchmark scripts share: stderr progress, Markdown tables, argument types, timing
+and peak-memory helpers, and the random-weight SAM presets they time (timings do not depend on
+weight values)."""
 
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
+import time
+
+import torch
 
 SAM_TINY = dict(
     name="sam_tiny", variant="tiny", encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
@@ -29,3 +34,23 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
     return value
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued kernels (CUDA); nothing on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_ms(call, device: torch.device) -> float:
+    """Milliseconds of ``call()``, the device synchronised before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    call()
+    synchronize(device)
+    return (time.perf_counter() - start) * 1000
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set so far, MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 import torch
 
-from sambench.cli.bench_report import SAM_TINY, SAM_VIT_B, markdown_table, positive_int
+from sambench.cli.bench_report import SAM_TINY, SAM_VIT_B, markdown_table, peak_rss_mib, positive_int, timed_ms
 from sambench.cli.bench_report import progress as report_progress
 
 BACKBONES = {"sam_vit_b": SAM_VIT_B, "sam_tiny": SAM_TINY}
@@ -64,10 +62,6 @@ def fake_batch(args):
     return Batch(samples)
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
 def prepared(args, method: str):
     """``method`` built on ``args.device`` and its batch, with the frozen SAM and CLIP image
     features already cached (the timed steps only run what trains)."""
@@ -96,18 +90,10 @@ def worker(args) -> dict:
         torch.cuda.synchronize(device)
         base_gpu = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-    base_rss = peak_rss_mb()
+    base_rss = peak_rss_mib()
     step()
-    times = []
-    for _ in range(args.steps):
-        if cuda:
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        step()
-        if cuda:
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - start) * 1000)
-    memory = (torch.cuda.max_memory_allocated(device) - base_gpu) / 2**20 if cuda else peak_rss_mb() - base_rss
+    times = [timed_ms(step, device) for _ in range(args.steps)]
+    memory = (torch.cuda.max_memory_allocated(device) - base_gpu) / 2**20 if cuda else peak_rss_mib() - base_rss
     return {"ms": statistics.median(times), "min_ms": min(times), "memory_mb": memory,
             "trainable": sum(p.numel() for p in model.trainable_parameters().values())}
 

@@ -22,10 +22,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from sambench.cli.bench_report import timed_ms
 
 
 def check_all_reduce(world: int, rank: int, device: torch.device) -> tuple[bool, str]:
@@ -64,14 +61,7 @@ def all_reduce_bandwidth(world: int, device: torch.device, mib: int, repeats: in
     bandwidth = algbw × 2(n−1)/n (nccl-tests' convention; 0 for one rank: nothing crosses a link)."""
     tensor = torch.ones(mib * 2**20 // 4, device=device)
     dist.all_reduce(tensor)  # warm-up: connection set-up
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        dist.all_reduce(tensor)
-        sync(device)
-        times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+    seconds = statistics.median(timed_ms(lambda: dist.all_reduce(tensor), device) for _ in range(repeats)) / 1000
     algbw = mib * 2**20 / seconds / 1e9
     return {"mib": mib, "ms": seconds * 1000, "algbw_gbs": algbw, "busbw_gbs": algbw * 2 * (world - 1) / world}
 

@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-from sambench.cli.bench_report import SAM_TINY, SAM_VIT_B, SAM_VIT_H
+from sambench.cli.bench_report import SAM_TINY, SAM_VIT_B, SAM_VIT_H, peak_rss_mib, timed_ms
 
 #: worker name -> (rows it reports, sizes at the papers' settings, sizes with --tiny)
 WORKERS = {
@@ -53,23 +51,6 @@ PAPER = {
     "sam_prompted": "SAM box 120 ms, point 119 ms (DIT Table 4; 512² canvas, here 1024²)",
 }
 PERSAM_F_ITERATIONS = {"official": 1000, "tiny": 10}
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed_ms(call, device: torch.device) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    call()
-    synchronize(device)
-    return (time.perf_counter() - start) * 1000
 
 
 def caches_off(model) -> None:
