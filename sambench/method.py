@@ -70,6 +70,20 @@ class SambenchMethod(nn.Module):
         raise ConfigError(f"method '{name}' has no official checkpoint layout; exportable: sam2clip, clip2sam, "
                           "ovsam, dit_layerwise, dit_e2e")
 
+    #: the ``method.peft`` settings applied to this model (set by :func:`sambench.peft.apply_peft`;
+    #: checkpoints record them so evaluation rebuilds the same adapters)
+    peft_settings: dict | None = None
+
+    def peft_parts(self) -> dict[str, str]:
+        """Parts of this method besides its backbone's, for ``method.peft.train`` / ``freeze``:
+        name -> regex over full parameter names (DIT: ``text_encoder``)."""
+        return {}
+
+    def peft_targets(self) -> dict[str, str]:
+        """Adapter targets of this method besides its backbone's: name -> regex over full
+        ``nn.Linear`` module names (DIT: ``text_attention``)."""
+        return {}
+
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """Parameters the optimizer updates (and checkpoints store), by name."""
         return {name: p for name, p in self.named_parameters() if p.requires_grad}

@@ -100,6 +100,18 @@ class TextInstructedSam(SambenchMethod):
         self.sam.set_trainable(image_encoder=train_image_encoder, no_mask_embed=True, mask_decoder=True,
                                iou_head=False)  # the IoU head is computed by the decoder, never used
 
+    def peft_parts(self) -> dict[str, str]:
+        """``text_encoder``: the BERT (``method.peft.freeze=[text_encoder]``)."""
+        return {"text_encoder": r"text\.bert\..*"}
+
+    def peft_targets(self) -> dict[str, str]:
+        """``text_attention``: the attention layers of the BERT blocks that feed the chosen
+        hidden state (``text_encoder.layer``; blocks above it get no gradient)."""
+        if self.text.layer == 0:
+            return {}
+        blocks = "|".join(str(i) for i in range(self.text.layer))
+        return {"text_attention": rf"text\.bert\.encoder\.layer\.({blocks})\.attention\.(self\.(query|key|value)|output\.dense)"}
+
     # ----- forward ----------------------------------------------------------------------------
     def logits(self, pixels: torch.Tensor, texts: list[str]) -> torch.Tensor:
         """pixels B×3×S×S (normalised canvases), B expressions -> mask logits B×1×S×S."""

@@ -2,7 +2,8 @@
 
 Zero-shot (``finetune=none``) or with the mask decoder fine-tuned by Dice + BCE
 (``finetune=decoder``); the image encoder and prompt encoder stay frozen, so image embeddings
-come from the embedding cache. Evaluated by per-instance mean IoU. Input path = that of
+come from the embedding cache (unless ``method.peft`` trains the encoder or adds adapters to it:
+then they are computed with gradients). Evaluated by per-instance mean IoU. Input path = that of
 ``SamPredictor.predict`` (prompts scaled to the 1024 frame in float64): ``methods/sam_prompted/README.md``.
 """
 
@@ -81,7 +82,7 @@ class SamPrompted(SambenchMethod):
 
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Dice + BCE at the original image size, mean over instances, then over images."""
-        features = self.sam.embed_images([s.image for s in batch])
+        features = self.sam.training_features([s.image for s in batch])  # cached unless the encoder trains
         dice, bce, iou_mse = [], [], []
         for sample, image_features in zip(batch, features):
             areas = sample.masks.flatten(1).sum(1)

@@ -104,7 +104,7 @@ class PromptLearningSegmenter(SambenchMethod):
     def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         pairs = [self._augment(sample) for sample in batch]
         images = [image for image, _ in pairs]
-        sam_features, features = self.sam.embed_images(images), self.clip.dense_features(images)
+        sam_features, features = self.sam.training_features(images), self.clip.dense_features(images)
         losses = []
         for (image, labels), image_features, feature in zip(pairs, sam_features, features):
             target = self._target(labels.to(image_features.embedding.device), image.shape[:2])

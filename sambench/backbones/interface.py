@@ -28,6 +28,7 @@ Why this shape fits the next backbones without any method changing:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -247,6 +248,22 @@ class SegmentationBackbone(nn.Module):
                 self.cache.put(keys[i], features_to_entry(out[i]))
         return stack_features([feats.to(self.device) for feats in out])
 
+    def training_features(self, images: list[np.ndarray]) -> ImageFeatures:
+        """Features of B uint8 images for a training step: through the encoder with gradients
+        when any of its parameters trains (fine-tuning, adapters: ``method.peft``), else the
+        frozen, cached :meth:`embed_images`."""
+        if not self.encoder_trains():
+            return self.embed_images(images)
+        return stack_features([self.encode_features(self.preprocess(image)) for image in images])
+
+    def encoder_trains(self) -> bool:
+        """Whether any parameter of the image encoder (the ``encoder`` part) requires grad."""
+        pattern = self.peft_parts().get("encoder")
+        if pattern is None:
+            return False
+        regex = re.compile(pattern)
+        return any(p.requires_grad and regex.fullmatch(n) for n, p in self._modules[self.RAW].named_parameters())
+
     def drop_image_encoder(self, reason: str) -> None:
         """Free the image encoder of a method that never runs it."""
         raise NotImplementedError
@@ -318,6 +335,19 @@ class SegmentationBackbone(nn.Module):
                 (the IoU token and the other mask tokens' output heads).
         """
         raise NotImplementedError
+
+
+    # ----- parameter-efficient fine-tuning (sambench/peft) ----------------------------------------
+    def peft_parts(self) -> dict[str, str]:
+        """Part name (``encoder``, ``prompt_encoder``, ``decoder``) -> regex over the upstream
+        model's parameter names (``method.peft.train`` / ``freeze``)."""
+        return {}
+
+    def peft_targets(self) -> dict[str, str]:
+        """Target name (``encoder_attention``, ``encoder_mlp``, ``decoder_attention``,
+        ``decoder_mlp``) -> regex over the upstream model's ``nn.Linear`` module names
+        (``method.peft.targets``)."""
+        return {}
 
 
 def check_capabilities(method_name: str, method_cls: type, backbone_name: str, capabilities: frozenset[str],

@@ -143,6 +143,20 @@ class SamBackbone(SegmentationBackbone):
             for unused in (decoder.iou_token, decoder.iou_prediction_head, *decoder.output_hypernetworks_mlps[1:]):
                 unused.requires_grad_(False)
 
+    def peft_parts(self) -> dict[str, str]:
+        """``encoder`` / ``prompt_encoder`` / ``decoder``: the upstream ``Sam``'s three modules."""
+        return {"encoder": r"image_encoder\..*", "prompt_encoder": r"prompt_encoder\..*", "decoder": r"mask_decoder\..*"}
+
+    def peft_targets(self) -> dict[str, str]:
+        """The ViT blocks' attention (``qkv``, ``proj``) and MLP (``lin1``, ``lin2``) layers; the
+        two-way transformer's attention projections (``q/k/v/out_proj``) and MLPs."""
+        return {
+            "encoder_attention": r"image_encoder\.blocks\.\d+\.attn\.(qkv|proj)",
+            "encoder_mlp": r"image_encoder\.blocks\.\d+\.mlp\.lin[12]",
+            "decoder_attention": r"mask_decoder\.transformer\..*\.(q_proj|k_proj|v_proj|out_proj)",
+            "decoder_mlp": r"mask_decoder\.transformer\.layers\.\d+\.mlp\.lin[12]",
+        }
+
     # ----- images -----------------------------------------------------------------------------
     def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
         """(h, w) of the image after resizing its longest side to 1024."""

@@ -161,6 +161,24 @@ class Sam2Backbone(SegmentationBackbone):
             for unused in (decoder.iou_token, decoder.iou_prediction_head, *decoder.output_hypernetworks_mlps[1:]):
                 unused.requires_grad_(False)
 
+    def peft_parts(self) -> dict[str, str]:
+        """``encoder`` = what :meth:`set_trainable` calls the image encoder (Hiera trunk, FPN
+        neck, ``no_mem_embed``, the decoder's ``conv_s0`` / ``conv_s1``); ``decoder`` = the rest of
+        the mask decoder but the object-score head; the video modules are in no part."""
+        return {"encoder": r"image_encoder\..*|no_mem_embed|sam_mask_decoder\.conv_s[01]\..*",
+                "prompt_encoder": r"sam_prompt_encoder\..*",
+                "decoder": r"sam_mask_decoder\.(?!conv_s[01]\.|pred_obj_score_head\.).*"}
+
+    def peft_targets(self) -> dict[str, str]:
+        """Hiera blocks' attention (``qkv``, ``proj``) and MLP layers; the two-way transformer's
+        attention projections and MLPs."""
+        return {
+            "encoder_attention": r"image_encoder\.trunk\.blocks\.\d+\.attn\.(qkv|proj)",
+            "encoder_mlp": r"image_encoder\.trunk\.blocks\.\d+\.mlp\.layers\.[01]",
+            "decoder_attention": r"sam_mask_decoder\.transformer\..*\.(q_proj|k_proj|v_proj|out_proj)",
+            "decoder_mlp": r"sam_mask_decoder\.transformer\.layers\.\d+\.mlp\.layers\.[01]",
+        }
+
     def token_decoder_levels(self) -> dict[str, tuple[int, int]]:
         """``decode_with_output_token`` needs both high-resolution maps (after the decoder's
         ``conv_s0`` / ``conv_s1``): ``high_res_s0`` (32 channels, stride 4), ``high_res_s1`` (64, stride 8)."""

@@ -122,6 +122,14 @@ class SamHqBackbone(SamBackbone):
             for part in HQ_PARTS:
                 getattr(decoder, part).requires_grad_(False)
 
+    def peft_targets(self) -> dict[str, str]:
+        """SAM's targets; ``vit_tiny``'s TinyViT blocks sit in ``layers.<i>.blocks`` (MLP ``fc1``/``fc2``)."""
+        targets = super().peft_targets()
+        if self.variant == "vit_tiny":
+            targets["encoder_attention"] = r"image_encoder\.layers\.\d+\.blocks\.\d+\.attn\.(qkv|proj)"
+            targets["encoder_mlp"] = r"image_encoder\.layers\.\d+\.blocks\.\d+\.mlp\.fc[12]"
+        return targets
+
     # ----- images -----------------------------------------------------------------------------
     def encode_features(self, pixels: torch.Tensor, block_fn: BlockFn | None = None) -> ImageFeatures:
         """Differentiable image encoder: B×3×S×S -> embedding B×256×S/16×S/16 and

@@ -27,6 +27,7 @@ from sambench.data.meta import DatasetMeta
 from sambench.errors import ConfigError, DatasetError
 from sambench.files import write_json_atomic, write_text_atomic
 from sambench.method import ROOT_KWARG_NAMES
+from sambench.peft import PeftSettings, apply_peft
 from sambench.registry import DATASETS, METHODS, check_pairing, lookup, task_for
 from sambench.tasks import Task
 
@@ -45,7 +46,8 @@ def check_config(cfg: DictConfig) -> None:
     check_pairing(cfg.method.name, cfg.dataset.name)
     check_flags({key: cfg.get(key) for key in FLAGS if key in cfg})
     check_trainer(plain(cfg.trainer))
-    check_section("method", method, plain(cfg.method), ignore=("name",))
+    check_section("method", method, plain(cfg.method), ignore=("name", "peft"))
+    PeftSettings.from_dict(peft_section(cfg.method.get("peft")))
     check_section("dataset", dataset, plain(cfg.dataset), ignore=("name", "few_shot"))
     check_few_shot(cfg.dataset.name, dataset, plain(cfg.dataset).get("few_shot"))
     backbone = plain(cfg.backbone)
@@ -100,13 +102,36 @@ def _accepts(cls, name: str) -> bool:
     return name in inspect.signature(cls).parameters
 
 
-def build_method(cfg: DictConfig, sam: SegmentationBackbone, run_dir: Path | None = None, class_names: list[str] | None = None):
+PEFT_PRESETS = REPO_ROOT / "conf" / "method" / "peft"
+
+
+def peft_section(value) -> dict:
+    """``method.peft`` as a mapping: a config node, null (nothing changes) or a preset's name
+    (``method.peft=lora`` is ``conf/method/peft/lora.yaml``, as ``method/peft=lora``)."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        path = PEFT_PRESETS / f"{value}.yaml"
+        if not path.is_file():
+            presets = ", ".join(sorted(p.stem for p in PEFT_PRESETS.glob("*.yaml")))
+            raise ConfigError(f"unknown method.peft preset '{value}'; presets: {presets} (conf/method/peft)")
+        preset = OmegaConf.load(path)
+        preset.pop("defaults", None)  # every preset extends none.yaml (its defaults list)
+        return plain(OmegaConf.merge(OmegaConf.load(PEFT_PRESETS / "none.yaml"), preset))
+    return plain(value)
+
+
+def build_method(cfg: DictConfig, sam: SegmentationBackbone, run_dir: Path | None = None,
+                 class_names: list[str] | None = None, peft: dict | None = None):
     """The method with its config keys, plus the keywords its class declares in ``ROOT_KWARGS``:
     ``run_dir`` (to save artefacts such as PerSAM-F's fitted weights), ``class_names`` (the
     dataset's vocabulary from its :class:`~sambench.data.meta.DatasetMeta`, e.g. SSPrompt's
     semantic prompts), ``cache_dir`` (frozen-feature caches) and ``task`` (the one of the
-    method's ``TASKS`` that the dataset serves)."""
+    method's ``TASKS`` that the dataset serves); then ``method.peft`` (or ``peft``, settings
+    that win over it: a checkpoint's) is applied."""
     kwargs = plain(cfg.method)
+    settings = PeftSettings.from_dict(peft if peft is not None else peft_section(kwargs.pop("peft", None)))
+    kwargs.pop("peft", None)
     cls = lookup(METHODS, kwargs.pop("name"))
     task = task_for(cls, lookup(DATASETS, cfg.dataset.name)) if "task" in cls.ROOT_KWARGS else None
     supplied = {"run_dir": run_dir, "class_names": class_names, "cache_dir": cfg.cache.dir if cfg.cache.enabled else None,
@@ -115,7 +140,9 @@ def build_method(cfg: DictConfig, sam: SegmentationBackbone, run_dir: Path | Non
     if unknown:
         raise ConfigError(f"method '{cfg.method.name}' asks for {unknown} (ROOT_KWARGS); the root supplies {list(ROOT_KWARG_NAMES)}")
     kwargs.update({key: supplied[key] for key in cls.ROOT_KWARGS})
-    return cls(sam=sam, **kwargs)
+    method = cls(sam=sam, **kwargs)
+    apply_peft(method, settings)
+    return method
 
 
 def build_dataset(cfg: DictConfig, split: str, run_dir: Path | None = None):

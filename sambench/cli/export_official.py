@@ -3,7 +3,8 @@ a model trained here runs in the official code.
 
 The run folder's ``config.yaml`` rebuilds the model (its backbone / CLIP / stage files must still
 be where the config says), ``checkpoints/last.pt`` fills the trained tensors (EMA when the run
-kept one, as evaluation uses). Written atomically into ``out``:
+kept one, as evaluation uses); LoRA and other ``method.peft`` adapters are merged into the
+base weights. Written atomically into ``out``:
 
 - ``sam2clip`` run: ``sam2clip_<sam>_<clip>.pth`` (``neck_student.*``);
 - ``clip2sam`` / ``ovsam`` run: that file (the stage-1 adapter it was built with) and
@@ -22,6 +23,7 @@ from omegaconf import OmegaConf
 from sambench.cli.build import build_backbone, build_method
 from sambench.checkpoint import LAST, load_checkpoint, load_trainable, save_atomic
 from sambench.errors import ConfigError
+from sambench.peft import adapter_layers, merge_adapters
 
 log = logging.getLogger("sambench")
 
@@ -38,6 +40,8 @@ def load_run(run_dir: Path):
         state = load_checkpoint(checkpoint)
         weights = state["ema"]["shadow"] if state.get("ema") else state["trainable"]
         load_trainable(model.trainable_parameters(), weights, checkpoint)
+        if adapter_layers(model):  # the authors' layouts hold plain weights: adapters are folded in
+            log.info("method.peft: %d adapted layers merged into their weights", merge_adapters(model))
     elif cfg.method.name != "ovsam":  # an ovsam eval run has its weights in its stage files
         raise ConfigError(f"no trained weights in {run_dir} (expected {checkpoint})")
     return cfg, model

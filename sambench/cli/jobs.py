@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from sambench.cli.build import (
-    build_backbone, build_dataset, build_evaluator, build_method, check_config, plain,
+    build_backbone, build_dataset, build_evaluator, build_method, check_config, peft_section, plain,
     seed_everything, write_json_atomic, write_run_files,
 )
 from sambench.cli.build_training import build_trainer
@@ -22,6 +23,8 @@ from sambench.engine.precision import check_precision, set_strict_fp32
 from sambench.engine.preemption import Preempted
 from sambench.evaluation.prediction_files import merge_label_files
 from sambench.logging import build_run_logger
+from sambench.peft import PeftSettings, adapter_layers, merge_adapters
+from sambench.peft.apply import settings_for_checkpoint
 from sambench.logging.console import setup_console_logging
 
 log = logging.getLogger("sambench")
@@ -51,10 +54,10 @@ def _start(cfg: DictConfig, job: str):
     return run_dir, device, run_logger
 
 
-def _method(cfg: DictConfig, run_dir: Path, device, dataset):
+def _method(cfg: DictConfig, run_dir: Path, device, dataset, peft: dict | None = None):
     """The method, built after the datasets so it can receive their class names."""
     class_names = list(dataset.dataset_meta.class_names) or None
-    return build_method(cfg, build_backbone(cfg), run_dir, class_names).to(device)
+    return build_method(cfg, build_backbone(cfg), run_dir, class_names, peft=peft).to(device)
 
 
 def train(cfg: DictConfig) -> dict:
@@ -83,15 +86,19 @@ def train(cfg: DictConfig) -> dict:
 def evaluate_job(cfg: DictConfig) -> dict:
     run_dir, device, run_logger = _start(cfg, "eval")
     eval_set = build_dataset(cfg, "eval", run_dir)
-    method = _method(cfg, run_dir, device, eval_set)
     path = resolve_checkpoint(cfg.ckpt, run_dir)
-    if path is not None:
-        state = load_checkpoint(path)
-        params = method.trainable_parameters()
+    state = load_checkpoint(path) if path is not None else None
+    settings = PeftSettings.from_dict(peft_section(cfg.method.get("peft")))
+    if state is not None:  # the checkpoint's adapters are rebuilt from what it recorded
+        settings = settings_for_checkpoint(settings, state.get("meta", {}).get("peft"), path)
+    method = _method(cfg, run_dir, device, eval_set, peft=asdict(settings))
+    if state is not None:
         ema = state.get("ema")
         weights = ema["shadow"] if (cfg.use_ema and ema) else state["trainable"]
-        load_trainable(params, weights, path)
+        load_trainable(method.trainable_parameters(), weights, path)
         log.info("loaded %s (step %s%s)", path, state.get("step"), ", EMA weights" if cfg.use_ema and ema else "")
+    if settings.merge and adapter_layers(method):
+        log.info("method.peft.merge: %d adapted layers folded into their weights", merge_adapters(method))
     loader = eval_loader(eval_set, batch_size=cfg.trainer.eval.batch_size, num_workers=cfg.trainer.num_workers)
     partial = run_dir / PARTIAL_PREDICTIONS
     if cfg.save_predictions:

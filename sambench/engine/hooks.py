@@ -26,7 +26,7 @@ from sambench.checkpoint import (
 )
 from sambench.engine.ema import ParameterEMA
 from sambench.engine.evaluate import evaluate
-from sambench.errors import ConfigError
+from sambench.errors import CheckpointError, ConfigError
 from sambench.files import megabytes, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,8 @@ class CheckpointHook(Hook):
             "scaler": trainer.scaler.state_dict(),
             "ema": None,
             "rng": rng_state(),
-            "meta": {"method": type(trainer.method).__name__, "world_size": dist.world_size()},
+            "meta": {"method": type(trainer.method).__name__, "world_size": dist.world_size(),
+                     "peft": getattr(trainer.method, "peft_settings", None)},  # method.peft (sambench/peft)
         }
         for hook in self._stateful(trainer):
             state[hook.state_key] = hook.state_dict()
@@ -211,6 +212,10 @@ class CheckpointHook(Hook):
         if path is None or not trainer.params:
             return
         state = load_checkpoint(path)
+        saved, current = state.get("meta", {}).get("peft"), getattr(trainer.method, "peft_settings", None)
+        if saved != current:
+            raise CheckpointError(f"cannot resume from {path}: it was trained with method.peft={saved}, this run has "
+                                  f"{current} (resume with the same method.peft, or start a new run folder)")
         load_trainable(trainer.params, state["trainable"], path)
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.scheduler.load_state_dict(state["scheduler"])
