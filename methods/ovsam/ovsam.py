@@ -37,6 +37,7 @@ from .stage_weights import load_exactly, read_stage_file, with_prefix
 from .official_checkpoint import export_official_clip2sam, export_official_sam2clip, load_official_clip2sam, load_official_sam2clip
 from .vocabulary import TextEmbeddingBank
 from sambench.prompts import mask_boxes
+from sambench.peft import PeftSettings, apply_peft, merge_adapters
 from sambench.registry import METHODS, register_preset
 from sambench.structures import Batch, Detection, Prediction, Sample
 
@@ -234,7 +235,7 @@ class Clip2Sam(SambenchMethod):
         """Stage weights from sambench runs or the authors' released files (told apart by content)."""
         if sam2clip_checkpoint:
             option = "method.sam2clip_checkpoint"
-            kind, tensors = read_stage_file(sam2clip_checkpoint, option)
+            kind, tensors, _ = read_stage_file(sam2clip_checkpoint, option)
             if kind == "official":
                 load_official_sam2clip(self, tensors, sam2clip_checkpoint)
             else:
@@ -246,12 +247,27 @@ class Clip2Sam(SambenchMethod):
                 "pass its run folder, or the authors' sam2clip_vith_rn50x16.pth; method.allow_untrained=true runs "
                 "with a random adapter (tests only)")
         if clip2sam_checkpoint:
-            kind, tensors = read_stage_file(clip2sam_checkpoint, "method.clip2sam_checkpoint")
+            kind, tensors, peft = read_stage_file(clip2sam_checkpoint, "method.clip2sam_checkpoint")
             if kind == "official":
                 load_official_clip2sam(self, tensors, clip2sam_checkpoint)
             else:
                 tensors = {k: v for k, v in tensors.items() if not k.startswith("adapter.")}
-                load_trainable(self.trainable_parameters(), tensors, Path(clip2sam_checkpoint))
+                self._load_clip2sam_run(tensors, peft, Path(clip2sam_checkpoint))
+
+    def _load_clip2sam_run(self, tensors: dict, peft: dict | None, path: Path) -> None:
+        """A sambench CLIP2SAM run's trained tensors; a run trained with ``method.peft`` adapters
+        gets the same adapters here, filled, then merged into the decoder's weights (this model's
+        own parameters are then as without adapters)."""
+        if not peft:
+            load_trainable(self.trainable_parameters(), tensors, path)
+            return
+        trains = {name: p.requires_grad for name, p in self.named_parameters()}
+        apply_peft(self, PeftSettings.from_dict(peft))
+        load_trainable(self.trainable_parameters(), tensors, path)
+        merge_adapters(self)
+        for name, param in self.named_parameters():  # what this method trains, as before the stage's settings
+            param.requires_grad_(trains[name])
+        self.peft_settings = None
 
     # ----- tensor-level pieces (also used by tools/count_flops.py) ------------------------------
     def image_features(self, pixels: torch.Tensor) -> tuple[ImageFeatures, list[torch.Tensor], list[torch.Tensor]]:

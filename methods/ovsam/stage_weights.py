@@ -13,19 +13,20 @@ from sambench.errors import CheckpointError
 from sambench.weights_file import load_weights_file
 
 
-def read_stage_file(path: str, option: str) -> tuple[str, dict[str, torch.Tensor]]:
-    """(``"sambench"`` | ``"official"``, tensors by name) of a stage's weights; ``option`` names
-    the config key in errors."""
+def read_stage_file(path: str, option: str) -> tuple[str, dict[str, torch.Tensor], dict | None]:
+    """(``"sambench"`` | ``"official"``, tensors by name, the ``method.peft`` settings a sambench
+    run was trained with or None) of a stage's weights; ``option`` names the config key in errors."""
     file = resolve_checkpoint(path, Path("."))
     content = load_weights_file(file, f"{option}: a sambench run (folder or checkpoint) or the authors' released file")
     if isinstance(content, dict) and "trainable" in content:
         ema = content.get("ema")
-        return "sambench", dict(ema["shadow"] if ema else content["trainable"])
+        peft = (content.get("meta") or {}).get("peft")
+        return "sambench", dict(ema["shadow"] if ema else content["trainable"]), peft
     if isinstance(content, dict) and isinstance(content.get("state_dict"), dict):
         content = content["state_dict"]
     if not isinstance(content, dict) or not all(isinstance(v, torch.Tensor) for v in content.values()):
         raise CheckpointError(f"{option}: {file} is neither a sambench checkpoint nor a state dict of tensors")
-    return "official", {k.removeprefix("module."): v for k, v in content.items()}
+    return "official", {k.removeprefix("module."): v for k, v in content.items()}, None
 
 
 def with_prefix(tensors: dict[str, torch.Tensor], prefix: str, option: str, source: str) -> dict[str, torch.Tensor]:

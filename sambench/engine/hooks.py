@@ -190,9 +190,10 @@ class CheckpointHook(Hook):
             "scaler": trainer.scaler.state_dict(),
             "ema": None,
             "rng": rng_state(),
-            "meta": {"method": type(trainer.method).__name__, "world_size": dist.world_size(),
-                     "peft": getattr(trainer.method, "peft_settings", None)},  # method.peft (sambench/peft)
+            "meta": {"method": type(trainer.method).__name__, "world_size": dist.world_size()},
         }
+        if getattr(trainer.method, "peft_settings", None):  # method.peft (sambench/peft): evaluation rebuilds it
+            state["meta"]["peft"] = trainer.method.peft_settings
         for hook in self._stateful(trainer):
             state[hook.state_key] = hook.state_dict()
         return state
