@@ -177,3 +177,19 @@ def test_two_rank_sam3_detections_equal_one_rank(tmp_path):
         return sorted((d["image_id"], d["category_id"], round(d["score"], 6), d["segmentation"]["counts"]) for d in entries)
 
     assert detections("eval1") == detections("eval2")
+
+
+def test_two_ranks_train_lora_as_one_rank(tmp_path):
+    """method.peft=lora under DDP: the adapter tensors (the only ones that train) all-reduce like
+    any parameter: 2 ranks x 1 sample end where 1 rank x 2 samples ends."""
+    lora = ["method/peft=lora", "method.finetune=none", *SGD]
+    one = run_tool("tools/train.py", *COMMON, *lora, "trainer.batch_size=2", f"hydra.run.dir={tmp_path / 'one'}",
+                   env=ONE_THREAD)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run_tool("tools/train.py", *COMMON, *lora, "trainer.batch_size=1", f"hydra.run.dir={tmp_path / 'two'}",
+                   torchrun=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = trainable(tmp_path / "one"), trainable(tmp_path / "two")
+    assert a.keys() == b.keys() and all(".lora_" in k for k in a)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    assert max(a[k].abs().max().item() for k in a if ".lora_B." in k) > 1e-5  # B left zero: training moved it

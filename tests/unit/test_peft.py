@@ -228,3 +228,18 @@ def test_evaluation_takes_the_checkpoints_settings():
         settings_for_checkpoint(PeftSettings.from_dict({**peft_section("lora"), "rank": 4}), lora.structure(), "x")
     with pytest.raises(ConfigError, match="trained without method.peft"):
         settings_for_checkpoint(lora, None, "last.pt")
+
+
+def test_lora_trains_under_bf16_autocast(tmp_path):
+    """trainer.precision=bf16 with LoRA on the encoder: finite losses, fp32 adapter tensors that move."""
+    torch.manual_seed(0)
+    method = built("method/peft=lora", "method.finetune=none")
+    train_set = DATASETS.get("sample")(split="train", num_images=2, height=48, width=64)
+    trainer = build_trainer(method=method, train_set=train_set, eval_set=None, evaluator=None, run_dir=tmp_path,
+                            device=torch.device("cpu"), run_logger=RunLogger(), max_steps=2, batch_size=2,
+                            precision="bf16", optim={"lr": 1e-2})
+    b_before = {n: p.detach().clone() for n, p in method.trainable_parameters().items() if ".lora_B." in n}
+    trainer.fit()
+    params = method.trainable_parameters()
+    assert all(p.dtype == torch.float32 for p in params.values())
+    assert any(not torch.equal(params[n], b) for n, b in b_before.items())
