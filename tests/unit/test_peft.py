@@ -127,9 +127,12 @@ def test_targets_on_other_backbones(backbone):
 
 
 def test_train_freeze_and_keep():
-    method = built("method/peft=full")
-    everything = {n for n, _ in method.named_parameters() if not n.startswith("sam.sam.mask_decoder.iou_prediction_head.")}
-    assert everything <= set(method.trainable_parameters())
+    method = built("method/peft=full")  # the encoder trains too, the rest as sam_prompted decides (its decoder)
+    model, plain_method = raw(method), built()
+    encoder = {f"sam.sam.image_encoder.{n}" for n, _ in model.image_encoder.named_parameters()}
+    assert set(method.trainable_parameters()) == encoder | set(plain_method.trainable_parameters())
+    method = built("method/peft=full", "method.peft.train=[encoder,prompt_encoder]")
+    assert {f"sam.sam.prompt_encoder.{n}" for n, _ in model.prompt_encoder.named_parameters()} <= set(method.trainable_parameters())
     method = built("method/peft=freeze_decoder", r"method.peft.keep=[.*output_hypernetworks_mlps\.0\..*]")
     assert set(method.trainable_parameters()) == {
         f"sam.sam.mask_decoder.{n}" for n, _ in raw(method).mask_decoder.named_parameters() if n.startswith("output_hypernetworks_mlps.0.")}
