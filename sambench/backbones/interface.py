@@ -257,7 +257,9 @@ class SegmentationBackbone(nn.Module):
         return stack_features([self.encode_features(self.preprocess(image)) for image in images])
 
     def encoder_trains(self) -> bool:
-        """Whether any parameter of the image encoder (the ``encoder`` part) requires grad."""
+        """Whether any parameter of the image encoder (the ``encoder`` part of :meth:`peft_parts`:
+        anything :meth:`encode_features` runs) requires grad (whole-encoder training, a partly
+        frozen encoder, adapter tensors)."""
         pattern = self.peft_parts().get("encoder")
         if pattern is None:
             return False
@@ -336,6 +338,17 @@ class SegmentationBackbone(nn.Module):
         """
         raise NotImplementedError
 
+    #: whether encoder blocks run under activation checkpointing while grad is enabled
+    #: (:meth:`set_activation_checkpointing`; off: the encoder runs exactly as before)
+    activation_checkpointing: bool = False
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Run each image-encoder block under activation checkpointing (``torch.utils.checkpoint``,
+        non-reentrant) while grad is enabled, around whatever the block call is (a caller's
+        ``block_fn`` included): less memory for a trained encoder, one more encoder forward per
+        step; no effect under ``no_grad``. See :mod:`sambench.backbones.checkpointing`."""
+        raise ConfigError(f"{type(self).__name__} ({getattr(self, 'name', '?')}) has no activation checkpointing of "
+                          f"its image encoder (trainer.activation_checkpointing=true)")
 
     # ----- parameter-efficient fine-tuning (sambench/peft) ----------------------------------------
     def peft_parts(self) -> dict[str, str]:
