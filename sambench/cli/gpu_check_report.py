@@ -28,7 +28,9 @@ def number(value, digits: int = 1) -> str:
 
 
 def compare_metrics(one: dict, many: dict) -> tuple[bool, str]:
-    """1-process vs N-process ``metrics.json``: equal (every key, exact values) or what differs."""
+    """1-process vs N-process ``metrics.json``: equal (every key, exact values; the runs' ``cost``
+    left out, it differs by nature) or what differs."""
+    one, many = ({k: v for k, v in m.items() if k != "cost"} for m in (one, many))
     if one == many:
         return True, f"{len(one)} metrics identical"
     keys = sorted(set(one) | set(many))

@@ -133,10 +133,10 @@ def publish_predictions(partial: Path, final: Path) -> None:
 
 
 def _finish(run_dir: Path, metrics: dict, run_logger, cost: dict) -> None:
-    """metrics.json and cost.json (the run's cost, :data:`~sambench.engine.cost.COST_KEYS`) on rank 0."""
+    """metrics.json on rank 0: the metrics, and the run's cost under ``cost``
+    (:data:`~sambench.engine.cost.COST_KEYS`; it differs from run to run where the metrics do not)."""
     if dist.is_main():
-        write_json_atomic(run_dir / "metrics.json", metrics)
-        write_json_atomic(run_dir / "cost.json", cost)
+        write_json_atomic(run_dir / "metrics.json", {**metrics, "cost": cost})
         summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
         log.info("metrics: %s -> %s", summary, run_dir / "metrics.json")
     run_logger.finish()

@@ -9,10 +9,10 @@ with one seed only the mean is shown and the CSV std is empty. The table shows 2
 full precision. Only top-level numbers of ``metrics.json`` count (nested per-class tables are
 ignored). Unusable folders get a one-line warning on stderr; none usable -> exit status 2.
 
-The cost of each run (``cost.json`` beside ``metrics.json``, written by the jobs: trainable
-parameters, peak memory, samples/s, step time; see :mod:`sambench.engine.cost`) follows the
-scores as its own columns (:data:`COST_COLUMNS`, mean ± std over seeds too, parameters as a
-count); a run without ``cost.json`` shows ``-`` there. The CSV has every cost key.
+The cost of each run (``metrics.json``'s ``cost``, written by the jobs: trainable parameters,
+peak memory, samples/s, step time; see :mod:`sambench.engine.cost`) follows the scores as its
+own columns (:data:`COST_COLUMNS`, mean ± std over seeds too, parameters as a count); a run
+without it shows ``-`` there. The CSV has every cost key.
 
 When the runs use more than one backbone (or with ``--pivot METRIC``), one more table per dataset
 follows: methods as rows, backbones as columns, one metric in the cells (``--pivot``, else the
@@ -35,7 +35,7 @@ from pathlib import Path
 import yaml
 
 KEY_FIELDS = ("method", "dataset", "backbone")
-#: the cost keys of ``cost.json`` (sambench/engine/cost.py), in column order
+#: the cost keys of ``metrics.json``'s ``cost`` (sambench/engine/cost.py), in column order
 COST_KEYS = ("params_trainable", "params_total", "peak_mem_mib", "samples_per_s", "step_time_s")
 #: the cost columns of the table: key -> decimals (None: a parameter count, 1.2M / 35.4k)
 COST_COLUMNS = {"params_trainable": None, "peak_mem_mib": 0, "samples_per_s": 2, "step_time_s": 3}
@@ -117,7 +117,7 @@ def load_run(folder: Path) -> RunResult | None:
     except (OSError, ValueError) as error:
         warn(f"{folder}: unusable metrics.json ({_describe(error)}); skipped")
         return None
-    return RunResult(folder, method, dataset, backbone, seed, _numbers(raw), load_cost(folder))
+    return RunResult(folder, method, dataset, backbone, seed, _numbers(raw), load_cost(folder, raw.get("cost")))
 
 
 def _numbers(raw: dict) -> dict[str, float]:
@@ -125,17 +125,12 @@ def _numbers(raw: dict) -> dict[str, float]:
             if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
-def load_cost(folder: Path) -> dict[str, float]:
-    """The run's ``cost.json`` numbers (empty when absent; a warning when unusable)."""
-    path = folder / "cost.json"
-    if not path.is_file():
+def load_cost(folder: Path, raw) -> dict[str, float]:
+    """The numbers of a run's ``metrics.json`` ``cost`` (empty when absent; a warning when unusable)."""
+    if raw is None:
         return {}
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(raw, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as error:
-        warn(f"{folder}: unusable cost.json ({_describe(error)}); its cost columns are left empty")
+    if not isinstance(raw, dict):
+        warn(f"{folder}: unusable cost in metrics.json (not a JSON object); its cost columns are left empty")
         return {}
     return _numbers(raw)
 
@@ -215,7 +210,7 @@ def format_cost(name: str, values: list[float]) -> str:
 
 
 def cost_columns(summaries: list[GroupSummary]) -> list[str]:
-    """The cost columns to show: none when no run has a ``cost.json``."""
+    """The cost columns to show: none when no run has a cost."""
     return list(COST_COLUMNS) if any(v for group in summaries for v in group.cost.values()) else []
 
 
@@ -254,7 +249,7 @@ def pivot_tables(summaries: list[GroupSummary], metric: str | None = None) -> st
 
 def write_csv(path: Path, summaries: list[GroupSummary], metric_names: list[str]) -> None:
     """CSV with method,dataset,backbone,n,<metric>_mean,<metric>_std (empty = not available),
-    then the same for every cost key when any run has a ``cost.json``."""
+    then the same for every cost key when any run has a cost."""
     path.parent.mkdir(parents=True, exist_ok=True)
     costs = list(COST_KEYS) if cost_columns(summaries) else []
     with path.open("w", newline="", encoding="utf-8") as file:

@@ -3,9 +3,9 @@
 The training loop times every optimizer step (data loading, forward, backward, optimizer step;
 hooks such as evaluation and checkpoint saving excluded), the loss-logging hook turns that into
 ``train/step_time_s`` / ``train/samples_per_s`` per logging window, and the jobs write the run's
-totals to ``cost.json`` beside ``metrics.json`` (see :data:`COST_KEYS`); ``tools/summarize.py``
-shows them as leaderboard columns. They live in their own file because they differ from run to
-run even where the metrics are identical (a resumed run, DDP vs one rank, eval twice).
+totals to ``metrics.json`` under ``cost`` (see :data:`COST_KEYS`); ``tools/summarize.py`` shows
+them as leaderboard columns. They are kept apart from the metrics because they differ from run
+to run even where the metrics are identical (a resumed run, DDP vs one rank, eval twice).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import resource
 import torch
 from torch import nn
 
-#: the numbers of ``cost.json``, in the order the leaderboard shows them
+#: the numbers of ``metrics.json``'s ``cost``, in the order the leaderboard shows them
 COST_KEYS = {
     "params_trainable": "parameters with requires_grad (what the optimizer updates and checkpoints store)",
     "params_total": "all parameters of the method (each shared tensor once)",

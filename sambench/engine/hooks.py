@@ -61,7 +61,7 @@ class LossLoggingHook(Hook):
     ``step_time_s`` (seconds per optimizer step, mean over the window), ``samples_per_s`` (over
     the window's steps; hooks such as evaluation excluded) and ``peak_mem_mib``; the parameter
     counts once, at the start (:mod:`sambench.engine.cost`). ``global_batch_size``: samples per
-    optimizer step over all ranks. :meth:`cost` gives the run's means for ``cost.json``."""
+    optimizer step over all ranks. :meth:`cost` gives the run's means for ``metrics.json``'s ``cost``."""
 
     def __init__(self, *, run_logger, every: int = 10, global_batch_size: int = 1):
         self.run_logger, self.every, self.global_batch_size = run_logger, max(1, every), global_batch_size

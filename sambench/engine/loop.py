@@ -61,7 +61,7 @@ class Trainer:
         self.step_seconds = 0.0  # wall time of the steps this process ran (data loading included, hooks not)
 
     def cost(self) -> dict[str, float]:
-        """The run's cost as flat numbers (``cost.json``, :data:`~sambench.engine.cost.COST_KEYS`):
+        """The run's cost as flat numbers (``metrics.json``'s ``cost``, :data:`~sambench.engine.cost.COST_KEYS`):
         parameter counts, peak memory, and the step time and samples/s the hooks measured."""
         cost = model_cost(self.method, self.device)
         for hook in self.hooks:

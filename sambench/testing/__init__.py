@@ -17,6 +17,7 @@ import os
 import socket
 import subprocess
 import sys
+import json
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,14 @@ TINY_SAM = dict(
 TOOL_TIMEOUT_S = 1800
 
 needs_shared = pytest.mark.needs_shared
+
+
+def scores(run_dir: Path) -> dict:
+    """A run's ``metrics.json`` without its ``cost`` (which differs from run to run where the
+    metrics are the same): what two runs that should agree are compared on."""
+    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+    metrics.pop("cost", None)
+    return metrics
 
 
 def run_tool(*args: str, torchrun: int = 0, env: dict | None = None, cwd: Path = REPO,

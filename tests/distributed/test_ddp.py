@@ -9,7 +9,7 @@ import pytest
 import json
 
 import torch
-from sambench.testing import REPO, TINY_SAM, run_tool, run_tool_as_slurm_tasks, run_tool_on_nodes
+from sambench.testing import REPO, TINY_SAM, run_tool, run_tool_as_slurm_tasks, run_tool_on_nodes, scores
 
 from sambench.backbones.sam import SamBackbone
 
@@ -65,7 +65,7 @@ def one_rank_evaluation(tmp_path_factory, trained_run):
     run_dir = tmp_path_factory.mktemp("eval1") / "run"
     one = run_tool("tools/eval.py", *COMMON, f"ckpt={trained_run}", f"hydra.run.dir={run_dir}", env=ONE_THREAD)
     assert one.returncode == 0, one.stderr[-3000:]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = scores(run_dir)
     assert metrics["num_images"] == 5 and metrics["mIoU"] > 0
     return metrics
 
@@ -74,13 +74,13 @@ def test_two_rank_evaluation_equals_one_rank_on_odd_dataset(tmp_path, trained_ru
     """5 eval images over 2 ranks: the sampler pads one; metrics must be identical anyway."""
     two = run_tool("tools/eval.py", *COMMON, f"ckpt={trained_run}", f"hydra.run.dir={tmp_path / 'eval2'}", torchrun=2)
     assert two.returncode == 0, two.stderr[-3000:]
-    assert json.loads((tmp_path / "eval2" / "metrics.json").read_text()) == one_rank_evaluation
+    assert scores(tmp_path / "eval2") == one_rank_evaluation
 
 
 def test_two_node_evaluation_equals_one_rank(tmp_path, trained_run, one_rank_evaluation):
     nodes = run_tool_on_nodes("tools/eval.py", *COMMON, f"ckpt={trained_run}", f"hydra.run.dir={tmp_path / 'eval2'}")
     assert all(n.returncode == 0 for n in nodes), "".join(n.stderr[-3000:] for n in nodes)
-    assert json.loads((tmp_path / "eval2" / "metrics.json").read_text()) == one_rank_evaluation
+    assert scores(tmp_path / "eval2") == one_rank_evaluation
 
 
 def test_faked_slurm_tasks_take_their_ranks_from_the_job_environment(tmp_path, trained_run, one_rank_evaluation):
@@ -91,7 +91,7 @@ def test_faked_slurm_tasks_take_their_ranks_from_the_job_environment(tmp_path, t
     assert all(t.returncode == 0 for t in tasks), "".join(t.stderr[-3000:] for t in tasks)
     assert json.loads((tmp_path / "eval2" / "env.json").read_text())["world_size"] == 2
     assert "submitit slurm job 777: 2 tasks, ranks from its job environment (master localhost:" in tasks[0].stderr
-    assert json.loads((tmp_path / "eval2" / "metrics.json").read_text()) == one_rank_evaluation
+    assert scores(tmp_path / "eval2") == one_rank_evaluation
 
 
 def test_two_ranks_match_one_rank_in_one_default_run_folder(tmp_path, one_rank_training):
@@ -129,8 +129,7 @@ def test_two_rank_referring_evaluation_gathers_global_oiou(tmp_path):
     one = run_tool(*args, f"hydra.run.dir={tmp_path / 'eval1'}", env=ONE_THREAD)
     two = run_tool(*args, f"hydra.run.dir={tmp_path / 'eval2'}", torchrun=2)
     assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-3000:]
-    m1 = json.loads((tmp_path / "eval1" / "metrics.json").read_text())
-    m2 = json.loads((tmp_path / "eval2" / "metrics.json").read_text())
+    m1, m2 = scores(tmp_path / "eval1"), scores(tmp_path / "eval2")
     assert m1["num_samples"] == 7 and m1["oIoU"] > 0
     assert m1 == m2
 
@@ -146,8 +145,7 @@ def test_two_rank_semantic_evaluation_equals_one_rank(tmp_path):
     one = run_tool(*args, f"hydra.run.dir={tmp_path / 'eval1'}", env=ONE_THREAD)
     two = run_tool(*args, f"hydra.run.dir={tmp_path / 'eval2'}", torchrun=2)
     assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-3000:]
-    m1 = json.loads((tmp_path / "eval1" / "metrics.json").read_text())
-    m2 = json.loads((tmp_path / "eval2" / "metrics.json").read_text())
+    m1, m2 = scores(tmp_path / "eval1"), scores(tmp_path / "eval2")
     import numpy as np
     from PIL import Image
 
@@ -167,8 +165,7 @@ def test_two_rank_sam3_detections_equal_one_rank(tmp_path):
     one = run_tool(*args, f"hydra.run.dir={tmp_path / 'eval1'}", env=ONE_THREAD)
     two = run_tool(*args, f"hydra.run.dir={tmp_path / 'eval2'}", torchrun=2)
     assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-3000:]
-    m1 = json.loads((tmp_path / "eval1" / "metrics.json").read_text())
-    m2 = json.loads((tmp_path / "eval2" / "metrics.json").read_text())
+    m1, m2 = scores(tmp_path / "eval1"), scores(tmp_path / "eval2")
     assert m1["num_images"] == 4 and m1["num_detections"] == 4 * 5
     assert m1 == m2
 

@@ -3,7 +3,6 @@ leave the process as they found it."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -18,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from sambench import CONFIG_DIR
 from sambench.cli import launch
 from sambench.data import base as data_base
-from sambench.testing import run_job, run_tool
+from sambench.testing import run_job, run_tool, scores
 from sambench.testing.in_process import process_state_restored, rng_states, torch_flags
 
 EMBEDDED = ["dataset.num_images=3", "trainer.max_steps=2", "trainer.device=cpu"]
@@ -35,8 +34,8 @@ def test_training_in_process_writes_what_the_tool_writes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     in_process = run_job("train", *EMBEDDED, f"hydra.run.dir={job}")
     assert in_process.returncode == 0, in_process.stderr[-3000:]
-    assert in_process.run_dir == job and in_process.metrics == json.loads((job / "metrics.json").read_text())
-    assert json.loads((job / "metrics.json").read_text()) == json.loads((tool / "metrics.json").read_text())
+    assert in_process.run_dir == job and in_process.metrics == scores(job)
+    assert scores(job) == scores(tool)
     assert (job / "config.yaml").read_text() == (tool / "config.yaml").read_text()
     assert {p.name for p in job.iterdir()} == {p.name for p in tool.iterdir()}
     assert "metrics: " in (job / "train.log").read_text()

@@ -1,6 +1,6 @@
 """The cost of a run: a tiny training run (tools/train.py's job, in-process) logs parameter counts
-once and step time / samples/s / peak memory per window to log.jsonl, writes cost.json beside an
-unchanged metrics.json, an evaluation run writes parameters and peak memory, the leaderboard shows
+once and step time / samples/s / peak memory per window to log.jsonl, writes the run's cost into
+metrics.json under ``cost`` (apart from the metrics), an evaluation run writes parameters and peak memory, the leaderboard shows
 the cost columns; and ``trainer.activation_checkpointing=true`` trains (DIT, the encoder trains)."""
 
 from __future__ import annotations
@@ -56,8 +56,9 @@ def test_log_has_parameter_counts_once_and_cost_per_window(run):
 
 
 @pytest.mark.slow
-def test_cost_json_beside_an_unchanged_metrics_json(run):
-    cost = json.loads((run / "cost.json").read_text())
+def test_metrics_json_holds_the_cost_apart_from_the_metrics(run):
+    metrics = json.loads((run / "metrics.json").read_text())
+    cost = metrics.pop("cost")
     assert list(cost) == list(COST_KEYS)
     trainable, total = expected_params()
     assert cost["params_trainable"] == trainable and cost["params_total"] == total
@@ -66,7 +67,6 @@ def test_cost_json_beside_an_unchanged_metrics_json(run):
     windows = [r for r in records(run) if "train/step_time_s" in r]
     mean = (windows[0]["train/step_time_s"] * 2 + windows[1]["train/step_time_s"]) / 3
     assert cost["step_time_s"] == pytest.approx(mean, rel=1e-6)  # the run's mean over its 3 steps
-    metrics = json.loads((run / "metrics.json").read_text())
     assert not set(COST_KEYS) & set(metrics)  # the scores stay comparable across runs
 
 
@@ -75,7 +75,8 @@ def test_evaluation_writes_parameters_and_peak_memory(run, tmp_path):
     result = run_job("eval", "dataset.num_images=3", "trainer.device=cpu", f"ckpt={run}",
                      f"hydra.run.dir={tmp_path / 'eval'}")
     assert result.returncode == 0, result.stderr[-3000:]
-    cost = json.loads((tmp_path / "eval" / "cost.json").read_text())
+    cost = json.loads((tmp_path / "eval" / "metrics.json").read_text())["cost"]
+    assert "cost" not in result.metrics  # the job returns the metrics; the file has the cost too
     trainable, total = expected_params()
     assert cost["params_trainable"] == trainable and cost["params_total"] == total and cost["peak_mem_mib"] > 0
     assert "step_time_s" not in cost
@@ -91,7 +92,7 @@ def test_leaderboard_shows_the_cost_columns(run, tmp_path, capsys):
     row = dict(zip(header, (c.strip() for c in table[2].strip("|").split("|"))))
     trainable, _ = expected_params()
     assert row["params_trainable"] == summarize.format_count([trainable]) and row["params_trainable"].endswith("M")
-    cost = json.loads((run / "cost.json").read_text())
+    cost = json.loads((run / "metrics.json").read_text())["cost"]
     assert row["step_time_s"] == f"{cost['step_time_s']:.3f}"
     csv_header = (tmp_path / "s.csv").read_text().splitlines()[0].split(",")
     assert {f"{key}_mean" for key in COST_KEYS} <= set(csv_header)
@@ -103,10 +104,9 @@ def test_summarize_cost_columns_over_seeds(tmp_path, capsys):
         folder.mkdir()
         (folder / "config.yaml").write_text(
             f"method: {{name: m}}\ndataset: {{name: d}}\nbackbone: {{name: b}}\ntrainer: {{seed: {seed}}}\n")
-        (folder / "metrics.json").write_text(json.dumps({"mIoU": 50.0 + seed}))
-        (folder / "cost.json").write_text(json.dumps({"params_trainable": 4_058_340, "params_total": 93_735_472,
-                                                      "peak_mem_mib": mem, "samples_per_s": 2 / step_time,
-                                                      "step_time_s": step_time}))
+        cost = {"params_trainable": 4_058_340, "params_total": 93_735_472, "peak_mem_mib": mem,
+                "samples_per_s": 2 / step_time, "step_time_s": step_time}
+        (folder / "metrics.json").write_text(json.dumps({"mIoU": 50.0 + seed, "cost": cost}))
     plain = tmp_path / "nocost"
     plain.mkdir()
     (plain / "config.yaml").write_text("method: {name: z}\ndataset: {name: d}\nbackbone: {name: b}\n")
@@ -119,7 +119,7 @@ def test_summarize_cost_columns_over_seeds(tmp_path, capsys):
     assert lines[3] == "| z | d | b | 1 | 10.00 | - | - | - | - |"
 
 
-def test_summarize_without_any_cost_json_keeps_its_columns(tmp_path, capsys):
+def test_summarize_without_any_cost_keeps_its_columns(tmp_path, capsys):
     folder = tmp_path / "r"
     folder.mkdir()
     (folder / "config.yaml").write_text("method: {name: m}\ndataset: {name: d}\nbackbone: {name: b}\n")
