@@ -14,6 +14,7 @@ import logging
 import re
 from dataclasses import asdict, dataclass, fields
 
+import torch
 from torch import nn
 
 from sambench.errors import ConfigError
@@ -21,6 +22,8 @@ from sambench.peft.adapters import ADAPTERS, adapter_layers, inject
 from sambench.peft.scopes import backbones, named_parts, named_targets, raw_prefix, select
 
 log = logging.getLogger(__name__)
+#: the seed of the adapters' random initialisation (LoRA's A): built alike by every rank and every run
+ADAPTER_INIT_SEED = 0
 #: the settings that decide the parameter structure (``merge`` only decides how evaluation runs)
 STRUCTURE_KEYS = ("adapter", "targets", "rank", "alpha", "dropout", "train", "freeze", "keep")
 
@@ -115,8 +118,10 @@ def add_adapters(method: nn.Module, layers: list[str], settings: PeftSettings) -
     parameter keeps its ``requires_grad``, the adapter tensors train."""
     before = {name: p.requires_grad for name, p in method.named_parameters()}
     sizes = dict(rank=settings.rank, alpha=float(settings.alpha), dropout=float(settings.dropout))
-    for root, relative in _by_owner(method, layers):
-        inject(root, relative, settings.adapter, **sizes)
+    with torch.random.fork_rng(devices=[]):  # the same adapters every time; the run's random stream untouched
+        torch.manual_seed(ADAPTER_INIT_SEED)
+        for root, relative in _by_owner(method, layers):
+            inject(root, relative, settings.adapter, **sizes)
     for name, param in method.named_parameters():
         if ".base_layer." in name:
             param.requires_grad_(False)

@@ -246,3 +246,35 @@ def test_lora_trains_under_bf16_autocast(tmp_path):
     params = method.trainable_parameters()
     assert all(p.dtype == torch.float32 for p in params.values())
     assert any(not torch.equal(params[n], b) for n, b in b_before.items())
+
+
+def test_lora_gradients_are_the_same_under_activation_checkpointing():
+    """LoRA on the encoder + trainer.activation_checkpointing: the encoder blocks re-run in backward
+    and the adapter gradients equal those of the plain run."""
+    grads = []
+    for checkpointing in (False, True):
+        method = built("method/peft=lora", "method.finetune=none")
+        randomize_adapters(method)
+        method.sam.set_activation_checkpointing(checkpointing)
+        method.train()
+        loss = sum(method.training_step(sample_batch()).values())
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in method.trainable_parameters().items()})
+    assert grads[0].keys() == grads[1].keys() and all(g.abs().sum() > 0 for g in grads[0].values())
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5)
+
+
+def test_adapters_start_the_same_and_leave_the_random_stream_alone():
+    """Every rank and every run builds the same LoRA A; the run's global random stream (data
+    augmentation, dropout) is the one it would be without adapters."""
+    torch.manual_seed(7)
+    first = built("method/peft=lora")
+    after_lora = torch.rand(3)
+    torch.manual_seed(7)
+    built()
+    assert torch.equal(torch.rand(3), after_lora)
+    torch.manual_seed(123)
+    second = built("method/peft=lora")
+    a, b = first.trainable_parameters(), second.trainable_parameters()
+    assert all(torch.equal(a[n], b[n]) for n in a if ".lora_" in n)
