@@ -54,17 +54,17 @@ def checkpointing_available() -> bool:
     return hasattr(SamBackbone, "set_activation_checkpointing")
 
 
-def synthetic_batch(batch_size: int, image_size: int = 1024, seed: int = 0):
+def synthetic_batch(batch_size: int, image_size: int = 1024, seed: int = 0, instances: int = MAX_INSTANCES):
     """``batch_size`` copies of one generated ``image_size``² image (random pixels) with
-    :data:`MAX_INSTANCES` instances (rectangles on a 4×4 grid): every image costs the same."""
+    ``instances`` (at most 16) instance masks (rectangles on a 4×4 grid): every image costs the same."""
     import numpy as np
 
     from sambench.structures import Batch, Sample
 
     image = np.random.default_rng(seed).integers(0, 255, (image_size, image_size, 3), dtype=np.uint8)
     cell = image_size // 4
-    masks = torch.zeros(MAX_INSTANCES, image_size, image_size, dtype=torch.bool)
-    for i in range(MAX_INSTANCES):
+    masks = torch.zeros(instances, image_size, image_size, dtype=torch.bool)
+    for i in range(instances):
         row, col = divmod(i, 4)
         masks[i, row * cell + cell // 8: (row + 1) * cell - cell // 8, col * cell + cell // 8: (col + 1) * cell - cell // 4] = True
     return Batch([Sample(index=i, image=image, masks=masks) for i in range(batch_size)])
