@@ -54,12 +54,12 @@ class TextInjection(nn.Module):
                 or None (official: padding is not masked inside the ViT).
         """
         base = self.text_to_vision(text) if self.text_to_vision is not None else text
-        state: dict[str, torch.Tensor] = {}
+        text_out: dict[int, torch.Tensor] = {}  # per block: activation checkpointing re-runs block i later
 
         def run_block(index: int, block: nn.Module, image: torch.Tensor) -> torch.Tensor:
-            source = base if self.mode == "layerwise" or index == 0 else state["text"]
+            source = base if self.mode == "layerwise" or index == 0 else text_out[index - 1]
             tokens = self.dropout(self.projections[index](source))
-            state["text"], image = joint_block(block, tokens, image, text_mask, attention)
+            text_out[index], image = joint_block(block, tokens, image, text_mask, attention)
             return image
 
         return run_block

@@ -336,6 +336,23 @@ class SegmentationBackbone(nn.Module):
         """
         raise NotImplementedError
 
+    #: whether encoder blocks run under activation checkpointing while grad is enabled
+    #: (:meth:`set_activation_checkpointing`; off: the encoder runs exactly as before)
+    activation_checkpointing: bool = False
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Run each image-encoder block under activation checkpointing (``torch.utils.checkpoint``,
+        non-reentrant) while grad is enabled, around whatever the block call is (a caller's
+        ``block_fn`` included): less memory for a trained encoder, one more encoder forward per
+        step; no effect under ``no_grad``. See :mod:`sambench.backbones.checkpointing`."""
+        raise ConfigError(f"{type(self).__name__} ({getattr(self, 'name', '?')}) has no activation checkpointing of "
+                          f"its image encoder (trainer.activation_checkpointing=true)")
+
+    def image_encoder_trains(self) -> bool:
+        """Whether any parameter of the image encoder (anything :meth:`encode_features` runs) has
+        ``requires_grad`` (whole-encoder training, a partly frozen encoder, LoRA tensors)."""
+        raise NotImplementedError
+
 
     # ----- parameter-efficient fine-tuning (sambench/peft) ----------------------------------------
     def peft_parts(self) -> dict[str, str]:

@@ -20,6 +20,7 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch import nn
 
+from sambench.backbones import checkpointing
 from sambench.backbones.interface import (EXTRA_OUTPUT_TOKENS, TOKEN_INJECTION, TWO_WAY_TRANSFORMER_FN, VIT_ENCODER,
                                           BlockFn, EncoderSpec, ImageFeatures, SegmentationBackbone, TransformerFn)
 from sambench.backbones.registry import BACKBONES
@@ -157,6 +158,15 @@ class SamBackbone(SegmentationBackbone):
             "decoder_mlp": r"mask_decoder\.transformer\.layers\.\d+\.mlp\.lin[12]",
         }
 
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Checkpoint each ViT block (around ``block_fn`` when one is given) while grad is
+        enabled; the encoder then runs through :func:`run_image_encoder` (see the interface)."""
+        self.activation_checkpointing = bool(enabled)
+
+    def image_encoder_trains(self) -> bool:
+        """Whether any ViT image-encoder parameter has ``requires_grad``."""
+        return any(p.requires_grad for p in self._raw_sam().image_encoder.parameters())
+
     # ----- images -----------------------------------------------------------------------------
     def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
         """(h, w) of the image after resizing its longest side to 1024."""
@@ -176,6 +186,8 @@ class SamBackbone(SegmentationBackbone):
         """Differentiable image encoder: B×3×S×S (S = 1024, or a smaller multiple of 16: the
         position embedding is resized) -> B×256×S/16×S/16; no extra levels (SAM v1)."""
         encoder = self._raw_sam().image_encoder
+        if checkpointing.active(self.activation_checkpointing):
+            block_fn = checkpointing.checkpointed(block_fn)
         if block_fn is None and tuple(pixels.shape[-2:]) == (self.image_size, self.image_size):
             return ImageFeatures(encoder(pixels))
         return ImageFeatures(run_image_encoder(encoder, pixels, block_fn))

@@ -38,12 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sambench.backbones import checkpointing
 from sambench.backbones.interface import (EXTRA_OUTPUT_TOKENS, HIGH_RES_FEATURES, TWO_WAY_TRANSFORMER_FN, BlockFn,
                                           ImageFeatures, SegmentationBackbone, TransformerFn)
 from sambench.backbones.registry import BACKBONES
 from sambench.backbones.sam import DroppedImageEncoder
 from sambench.backbones.sam2_build import build_sam2_model, import_sam2
 from sambench.backbones.sam2_decoder import run_sam2_mask_decoder, run_sam2_single_mask_decoder
+from sambench.backbones.sam2_encoder import run_sam2_forward_image
 from sambench.backbones.sam_checkpoint import file_sha256, module_sha256
 from sambench.cache import EmbeddingCache
 from sambench.errors import ConfigError
@@ -179,6 +181,16 @@ class Sam2Backbone(SegmentationBackbone):
             "decoder_mlp": r"sam_mask_decoder\.transformer\.layers\.\d+\.mlp\.layers\.[01]",
         }
 
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Checkpoint each Hiera block while grad is enabled; the encoder then runs through
+        :func:`~sambench.backbones.sam2_encoder.run_sam2_forward_image` (see the interface)."""
+        self.activation_checkpointing = bool(enabled)
+
+    def image_encoder_trains(self) -> bool:
+        """Whether anything :meth:`encode_features` runs (trunk, neck, ``no_mem_embed``,
+        ``conv_s0`` / ``conv_s1``) has a parameter with ``requires_grad``."""
+        return any(p.requires_grad for p in _encoding_modules(self._raw_model()).parameters())
+
     def token_decoder_levels(self) -> dict[str, tuple[int, int]]:
         """``decode_with_output_token`` needs both high-resolution maps (after the decoder's
         ``conv_s0`` / ``conv_s1``): ``high_res_s0`` (32 channels, stride 4), ``high_res_s1`` (64, stride 8)."""
@@ -210,7 +222,11 @@ class Sam2Backbone(SegmentationBackbone):
             raise ConfigError("SAM 2's Hiera encoder has no block hook (block_fn): its blocks are windowed and pooled, "
                               "not plain ViT blocks that accept extra tokens (capability token_injection)")
         raw = self._raw_model()
-        _, feats, _, sizes = raw._prepare_backbone_features(raw.forward_image(pixels))
+        if checkpointing.active(self.activation_checkpointing):
+            backbone_out = run_sam2_forward_image(raw, pixels, checkpointing.checkpointed(None))
+        else:
+            backbone_out = raw.forward_image(pixels)
+        _, feats, _, sizes = raw._prepare_backbone_features(backbone_out)
         if raw.directly_add_no_mem_embed:
             feats[-1] = feats[-1] + raw.no_mem_embed
         b = pixels.shape[0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from sambench.backbones import checkpointing
 from sambench.backbones.interface import (EXTRA_OUTPUT_TOKENS, HIGH_RES_FEATURES, TOKEN_INJECTION,
                                           TWO_WAY_TRANSFORMER_FN, VIT_ENCODER, BlockFn, EncoderSpec, ImageFeatures,
                                           TransformerFn)
@@ -19,7 +20,7 @@ from sambench.backbones.registry import BACKBONES
 from sambench.backbones.sam import SamBackbone
 from sambench.backbones.sam_extensions import default_transformer_fn
 from sambench.backbones.sam_hq_build import HQ_PARTS, build_sam_hq_model
-from sambench.backbones.sam_hq_extensions import run_hq_image_encoder, run_hq_mask_decoder
+from sambench.backbones.sam_hq_extensions import run_hq_image_encoder, run_hq_mask_decoder, run_tiny_vit_encoder
 from sambench.errors import ConfigError
 
 #: the ``ImageFeatures.levels`` entry HQ-SAM's decoder needs: B×width×h×w, upstream's
@@ -137,7 +138,8 @@ class SamHqBackbone(SamBackbone):
 
         ViT variants take S = 1024 or a smaller multiple of 16 (DIT's 512²: the position embedding
         is resized) and a ``block_fn`` replacing each block call; ``vit_tiny`` takes 1024² only
-        (TinyViT's early feature is hard-wired to 64×64) and no ``block_fn``.
+        (TinyViT's early feature is hard-wired to 64×64) and no ``block_fn``. With activation
+        checkpointing (while grad is enabled) every ViT or TinyViT block is checkpointed.
         """
         encoder = self._raw_sam().image_encoder
         full = tuple(pixels.shape[-2:]) == (self.image_size, self.image_size)
@@ -147,6 +149,11 @@ class SamHqBackbone(SamBackbone):
             if not full:
                 raise ValueError(f"HQ-SAM {TINY_VIT} encodes {self.image_size}² inputs only, got "
                                  f"{tuple(pixels.shape[-2:])}")
+        if checkpointing.active(self.activation_checkpointing):
+            block_fn = checkpointing.checkpointed(block_fn)
+            if self.variant == TINY_VIT:
+                embedding, early = run_tiny_vit_encoder(encoder, pixels, block_fn)
+                return ImageFeatures(embedding, {VIT_EARLY: early.permute(0, 3, 1, 2).contiguous()})
         if block_fn is None and full:
             embedding, interm = encoder(pixels)
             early = interm[0]

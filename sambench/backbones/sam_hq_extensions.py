@@ -4,7 +4,9 @@
   two-way transformer call replaceable (PerSAM, DIT's decoder layers) and all three multimask
   outputs kept (upstream keeps only the best-IoU one);
 - :func:`run_hq_image_encoder`: the ViT forward with each block call replaceable (DIT) that still
-  collects the early feature the HQ decoder fuses (the first global-attention block's output).
+  collects the early feature the HQ decoder fuses (the first global-attention block's output);
+- :func:`run_tiny_vit_encoder`: Light HQ-SAM's TinyViT forward with each block call replaceable
+  (activation checkpointing).
 
 With the default callables they compute exactly what the upstream forwards compute (tested).
 Only torch is imported here: the upstream package is imported when a model is built.
@@ -42,6 +44,32 @@ def run_hq_image_encoder(encoder: nn.Module, x: torch.Tensor,
     if not early:
         raise ValueError("HQ-SAM's image encoder has no global-attention block: no early feature for the HQ decoder")
     return embedding, early[0]
+
+
+def run_tiny_vit_encoder(encoder: nn.Module, x: torch.Tensor,
+                         block_fn: BlockFn | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Light HQ-SAM's ``TinyViT.forward`` with each block call replaceable (activation
+    checkpointing): ``patch_embed``, then every layer's blocks (numbered across layers) and its
+    ``downsample``, the second layer's output kept as the early feature, then the neck.
+
+    Args:
+        x: B×3×1024×1024 normalised, padded pixels.
+    Returns:
+        the embedding B×256×64×64 and the early feature B×64×64×C (upstream
+        ``interm_embeddings[0]``, channels last).
+    """
+    x = encoder.patch_embed(x)
+    index, early = 0, None
+    for number, layer in enumerate(encoder.layers):
+        for block in layer.blocks:
+            x = block(x) if block_fn is None else block_fn(index, block, x)
+            index += 1
+        if layer.downsample is not None:
+            x = layer.downsample(x)
+        if number == 1:
+            early = x.view(x.shape[0], 64, 64, -1)
+    b, _, c = x.size()
+    return encoder.neck(x.view(b, 64, 64, c).permute(0, 3, 1, 2)), early
 
 
 def hq_features(decoder: nn.Module, image_embeddings: torch.Tensor, vit_early: torch.Tensor) -> torch.Tensor:

@@ -5,11 +5,12 @@ weight values)."""
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import time
 
 import torch
+
+from sambench.engine.cost import peak_rss_mib  # noqa: F401  (re-exported: the benchmarks import it from here)
 
 SAM_TINY = dict(
     name="sam_tiny", variant="tiny", encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
@@ -51,6 +52,3 @@ def timed_ms(call, device: torch.device) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident set so far, MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

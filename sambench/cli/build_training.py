@@ -6,7 +6,8 @@ Each group of the section is the keyword arguments of one factory here (``traine
 :func:`~sambench.engine.schedules.lr_multiplier`, ``trainer.eval`` ->
 :func:`build_evaluation_hook`, ``trainer.checkpoint`` -> :class:`CheckpointHook`,
 ``trainer.ema`` -> :func:`build_ema_hook`, ``trainer.preemption`` -> :class:`PreemptionHook`,
-the top-level keys -> :func:`build_trainer`). A
+the top-level keys -> :func:`build_trainer`, ``trainer.activation_checkpointing`` ->
+:func:`enable_activation_checkpointing`). A
 factory's keyword parameters with defaults are its config keys: ``check_trainer`` checks the
 config against those signatures before anything is built.
 
@@ -19,12 +20,14 @@ Extra hooks are the one place for ``_target_``: ``trainer.hooks`` lists classes 
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
 from torch.nn.parallel import DistributedDataParallel
 
+from sambench.backbones.interface import SegmentationBackbone
 from sambench.data.loader import eval_loader, start_epoch, train_loader
 from sambench import dist
 from sambench.engine.hooks import CheckpointHook, EMAHook, EvaluationHook, Hook, LossLoggingHook
@@ -33,6 +36,7 @@ from sambench.engine.preemption import PreemptionHook
 from sambench.engine.schedules import epochs_to_steps, lr_multiplier
 from sambench.errors import ConfigError
 
+log = logging.getLogger(__name__)
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
 
@@ -95,13 +99,31 @@ def _instantiate(spec):
         raise ConfigError(f"trainer.hooks: cannot build {spec}: {str(exc).splitlines()[0]}") from None
 
 
+def enable_activation_checkpointing(method: torch.nn.Module) -> list[SegmentationBackbone]:
+    """Checkpoint the encoder blocks of every backbone in ``method`` whose image encoder trains
+    (a parameter with ``requires_grad``, LoRA tensors included) and return those backbones; a
+    backbone without the feature fails with a ConfigError. With no such encoder it only logs
+    that the option has no effect (frozen encoders keep no activations for backward anyway)."""
+    backbones = [m for m in method.modules() if isinstance(m, SegmentationBackbone)]
+    training = [b for b in backbones if b.image_encoder_trains()]
+    if not training:
+        log.info("trainer.activation_checkpointing=true has no effect: %s has no backbone whose image encoder "
+                 "trains", type(method).__name__)
+        return []
+    for backbone in training:
+        backbone.set_activation_checkpointing(True)
+        log.info("activation checkpointing of the image encoder blocks of %s (%s)",
+                 getattr(backbone, "name", type(backbone).__name__), type(backbone).__name__)
+    return training
+
+
 def build_trainer(
     *, method, train_set, eval_set, evaluator, run_dir: Path, device: torch.device, run_logger,
     max_steps: int | None = None, max_epochs: int | None = 1, batch_size: int = 2, num_workers: int = 0,
     precision: str = "fp32", accumulate: int = 1, grad_clip: float | None = None, seed: int = 0,
     find_unused_parameters: bool = False, optim: dict | None = None, schedule: dict | None = None,
     eval: dict | None = None, checkpoint: dict | None = None, ema: dict | None = None,
-    preemption: dict | None = None, hooks: list | None = None,
+    preemption: dict | None = None, hooks: list | None = None, activation_checkpointing: bool = False,
 ) -> Trainer:
     """The trainer for ``method`` on ``train_set``, evaluated on ``eval_set`` (None: never).
 
@@ -109,8 +131,11 @@ def build_trainer(
     ``batch_size`` samples per rank. ``max_steps`` wins over ``max_epochs``. Hooks, in order:
     EMA (if ``ema.decay``), loss logging, evaluation, the method's ``training_hooks()``,
     ``hooks`` (extra: by code or ``trainer.hooks``), preemption (``preemption.signals``), checkpoint.
+    ``activation_checkpointing``: see :func:`enable_activation_checkpointing`.
     """
     method = method.to(device)
+    if activation_checkpointing:
+        enable_activation_checkpointing(method)
     params = method.trainable_parameters()
     accumulate = max(1, accumulate)
     loader = train_loader(train_set, batch_size=batch_size, seed=seed, num_workers=num_workers) if params else None

@@ -18,6 +18,7 @@ from sambench.cli.build_training import build_trainer
 from sambench.data.loader import eval_loader
 from sambench import cluster, dist
 from sambench.checkpoint import load_checkpoint, load_trainable, resolve_checkpoint
+from sambench.engine.cost import model_cost
 from sambench.engine.evaluate import evaluate
 from sambench.engine.precision import check_precision, set_strict_fp32
 from sambench.engine.preemption import Preempted
@@ -79,7 +80,7 @@ def train(cfg: DictConfig) -> dict:
                     stop, run_dir / "checkpoints" / "last.pt", run_dir)
         run_logger.finish()
         raise
-    _finish(run_dir, metrics, run_logger)
+    _finish(run_dir, metrics, run_logger, trainer.cost())
     return metrics
 
 
@@ -116,7 +117,7 @@ def evaluate_job(cfg: DictConfig) -> dict:
     run_logger.log_metrics({k: v for k, v in metrics.items() if not isinstance(v, dict)}, 0, prefix="eval/")
     if overlays:
         run_logger.log_overlays(overlays, 0, key="eval/overlays")
-    _finish(run_dir, metrics, run_logger)
+    _finish(run_dir, metrics, run_logger, model_cost(method, device))
     return metrics
 
 
@@ -131,9 +132,11 @@ def publish_predictions(partial: Path, final: Path) -> None:
     partial.rename(final)
 
 
-def _finish(run_dir: Path, metrics: dict, run_logger) -> None:
+def _finish(run_dir: Path, metrics: dict, run_logger, cost: dict) -> None:
+    """metrics.json and cost.json (the run's cost, :data:`~sambench.engine.cost.COST_KEYS`) on rank 0."""
     if dist.is_main():
         write_json_atomic(run_dir / "metrics.json", metrics)
+        write_json_atomic(run_dir / "cost.json", cost)
         summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
         log.info("metrics: %s -> %s", summary, run_dir / "metrics.json")
     run_logger.finish()

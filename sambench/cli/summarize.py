@@ -9,6 +9,11 @@ with one seed only the mean is shown and the CSV std is empty. The table shows 2
 full precision. Only top-level numbers of ``metrics.json`` count (nested per-class tables are
 ignored). Unusable folders get a one-line warning on stderr; none usable -> exit status 2.
 
+The cost of each run (``cost.json`` beside ``metrics.json``, written by the jobs: trainable
+parameters, peak memory, samples/s, step time; see :mod:`sambench.engine.cost`) follows the
+scores as its own columns (:data:`COST_COLUMNS`, mean ± std over seeds too, parameters as a
+count); a run without ``cost.json`` shows ``-`` there. The CSV has every cost key.
+
 When the runs use more than one backbone (or with ``--pivot METRIC``), one more table per dataset
 follows: methods as rows, backbones as columns, one metric in the cells (``--pivot``, else the
 first metric the dataset's runs report), ``-`` where a pairing has no run.
@@ -24,12 +29,16 @@ import os
 import statistics
 import sys
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 KEY_FIELDS = ("method", "dataset", "backbone")
+#: the cost keys of ``cost.json`` (sambench/engine/cost.py), in column order
+COST_KEYS = ("params_trainable", "params_total", "peak_mem_mib", "samples_per_s", "step_time_s")
+#: the cost columns of the table: key -> decimals (None: a parameter count, 1.2M / 35.4k)
+COST_COLUMNS = {"params_trainable": None, "peak_mem_mib": 0, "samples_per_s": 2, "step_time_s": 3}
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,7 @@ class RunResult:
     backbone: str
     seed: object
     metrics: dict[str, float]
+    cost: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,7 @@ class GroupSummary:
     backbone: str
     values: dict[str, list[float]]
     num_runs: int
+    cost: dict[str, list[float]] = field(default_factory=dict)
 
 
 def warn(message: str) -> None:
@@ -106,12 +117,27 @@ def load_run(folder: Path) -> RunResult | None:
     except (OSError, ValueError) as error:
         warn(f"{folder}: unusable metrics.json ({_describe(error)}); skipped")
         return None
-    metrics = {
-        name: float(value)
-        for name, value in raw.items()
-        if isinstance(value, (int, float)) and not isinstance(value, bool)
-    }
-    return RunResult(folder, method, dataset, backbone, seed, metrics)
+    return RunResult(folder, method, dataset, backbone, seed, _numbers(raw), load_cost(folder))
+
+
+def _numbers(raw: dict) -> dict[str, float]:
+    return {name: float(value) for name, value in raw.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
+def load_cost(folder: Path) -> dict[str, float]:
+    """The run's ``cost.json`` numbers (empty when absent; a warning when unusable)."""
+    path = folder / "cost.json"
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as error:
+        warn(f"{folder}: unusable cost.json ({_describe(error)}); its cost columns are left empty")
+        return {}
+    return _numbers(raw)
 
 
 def _lookup(config: object, dotted: str) -> object:
@@ -146,7 +172,8 @@ def group_runs(runs: list[RunResult], metric_names: list[str]) -> list[GroupSumm
             name: [run.metrics[name] for run in members if name in run.metrics]
             for name in metric_names
         }
-        summaries.append(GroupSummary(*key, values=values, num_runs=len(members)))
+        cost = {name: [run.cost[name] for run in members if name in run.cost] for name in COST_KEYS}
+        summaries.append(GroupSummary(*key, values=values, num_runs=len(members), cost=cost))
     return summaries
 
 
@@ -165,14 +192,43 @@ def format_cell(values: list[float]) -> str:
     return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
 
 
+def format_count(values: list[float]) -> str:
+    """A parameter count's mean as ``93.7M`` / ``35.4k`` / ``812``, ``-`` for none."""
+    mean, _ = mean_std(values)
+    if mean is None:
+        return "-"
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(mean) >= scale:
+            return f"{mean / scale:.1f}{suffix}"
+    return f"{mean:.0f}"
+
+
+def format_cost(name: str, values: list[float]) -> str:
+    """A cost cell: a count (:func:`format_count`) or ``"mean ± std"`` with the column's decimals."""
+    digits = COST_COLUMNS[name]
+    if digits is None:
+        return format_count(values)
+    mean, std = mean_std(values)
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def cost_columns(summaries: list[GroupSummary]) -> list[str]:
+    """The cost columns to show: none when no run has a ``cost.json``."""
+    return list(COST_COLUMNS) if any(v for group in summaries for v in group.cost.values()) else []
+
+
 def markdown_table(summaries: list[GroupSummary], metric_names: list[str]) -> str:
-    """The leaderboard as a Markdown table."""
-    header = [*KEY_FIELDS, "n", *metric_names]
-    align = ["---"] * len(KEY_FIELDS) + ["---:"] * (1 + len(metric_names))
+    """The leaderboard as a Markdown table: the scores, then the cost columns (if any run has them)."""
+    costs = cost_columns(summaries)
+    header = [*KEY_FIELDS, "n", *metric_names, *costs]
+    align = ["---"] * len(KEY_FIELDS) + ["---:"] * (1 + len(metric_names) + len(costs))
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     for group in summaries:
         cells = [group.method, group.dataset, group.backbone, str(group.num_runs)]
         cells += [format_cell(group.values[name]) for name in metric_names]
+        cells += [format_cost(name, group.cost.get(name, [])) for name in costs]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -197,16 +253,18 @@ def pivot_tables(summaries: list[GroupSummary], metric: str | None = None) -> st
 
 
 def write_csv(path: Path, summaries: list[GroupSummary], metric_names: list[str]) -> None:
-    """CSV with method,dataset,backbone,n,<metric>_mean,<metric>_std (empty = not available)."""
+    """CSV with method,dataset,backbone,n,<metric>_mean,<metric>_std (empty = not available),
+    then the same for every cost key when any run has a ``cost.json``."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    costs = list(COST_KEYS) if cost_columns(summaries) else []
     with path.open("w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
-        stat_columns = [f"{name}_{stat}" for name in metric_names for stat in ("mean", "std")]
+        stat_columns = [f"{name}_{stat}" for name in [*metric_names, *costs] for stat in ("mean", "std")]
         writer.writerow([*KEY_FIELDS, "n", *stat_columns])
         for group in summaries:
             row = [group.method, group.dataset, group.backbone, group.num_runs]
-            for name in metric_names:
-                row += ["" if x is None else repr(x) for x in mean_std(group.values[name])]
+            for values in [*(group.values[name] for name in metric_names), *(group.cost[name] for name in costs)]:
+                row += ["" if x is None else repr(x) for x in mean_std(values)]
             writer.writerow(row)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from sambench import dist
 from sambench.checkpoint import (
     LAST, load_checkpoint, load_trainable, rng_state, save_atomic, set_rng_state, tensor_bytes,
 )
+from sambench.engine.cost import parameter_counts, peak_memory_mib
 from sambench.engine.ema import ParameterEMA
 from sambench.engine.evaluate import evaluate
 from sambench.errors import CheckpointError, ConfigError
@@ -57,25 +57,40 @@ class Hook:
 
 
 class LossLoggingHook(Hook):
-    """Losses, LR and throughput every ``every`` steps to the run logger (JSONL/wandb).
-    ``global_batch_size``: samples per optimizer step over all ranks (for samples/s)."""
+    """Losses, LR and the cost of training every ``every`` steps to the run logger (JSONL/wandb):
+    ``step_time_s`` (seconds per optimizer step, mean over the window), ``samples_per_s`` (over
+    the window's steps; hooks such as evaluation excluded) and ``peak_mem_mib``; the parameter
+    counts once, at the start (:mod:`sambench.engine.cost`). ``global_batch_size``: samples per
+    optimizer step over all ranks. :meth:`cost` gives the run's means for ``cost.json``."""
 
     def __init__(self, *, run_logger, every: int = 10, global_batch_size: int = 1):
         self.run_logger, self.every, self.global_batch_size = run_logger, max(1, every), global_batch_size
-        self.started = time.perf_counter()
-        self.last_step = 0
+        self.last_step, self.last_seconds = 0, 0.0
+        self.first_step, self.first_seconds = 0, 0.0
+        self.seconds, self.steps = 0.0, 0
 
     def before_run(self, trainer) -> None:
-        self.started, self.last_step = time.perf_counter(), trainer.step
+        self.last_step = self.first_step = trainer.step
+        self.last_seconds = self.first_seconds = trainer.step_seconds
+        self.run_logger.log_metrics(parameter_counts(trainer.method), trainer.step, prefix="train/")
 
     def after_step(self, trainer, losses) -> None:
+        self.steps, self.seconds = trainer.step - self.first_step, trainer.step_seconds - self.first_seconds
         if trainer.step % self.every and trainer.step != trainer.max_steps:
             return
-        elapsed = time.perf_counter() - self.started
-        samples = (trainer.step - self.last_step) * self.global_batch_size
-        record = {**losses, "lr": trainer.optimizer.param_groups[0]["lr"], "samples_per_s": samples / max(elapsed, 1e-9)}
+        steps, seconds = trainer.step - self.last_step, trainer.step_seconds - self.last_seconds
+        record = {**losses, "lr": trainer.optimizer.param_groups[0]["lr"], **self._rates(steps, seconds),
+                  "peak_mem_mib": peak_memory_mib(trainer.device)}
         self.run_logger.log_metrics(record, trainer.step, prefix="train/")
-        self.started, self.last_step = time.perf_counter(), trainer.step
+        self.last_step, self.last_seconds = trainer.step, trainer.step_seconds
+
+    def _rates(self, steps: int, seconds: float) -> dict[str, float]:
+        seconds = max(seconds, 1e-9)
+        return {"samples_per_s": steps * self.global_batch_size / seconds, "step_time_s": seconds / max(steps, 1)}
+
+    def cost(self) -> dict[str, float]:
+        """``samples_per_s`` and ``step_time_s`` over the steps this process ran (none: empty)."""
+        return self._rates(self.steps, self.seconds) if self.steps else {}
 
 
 class EMAHook(Hook):

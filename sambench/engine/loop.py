@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from sambench import dist
+from sambench.engine.cost import model_cost
 from sambench.engine.precision import autocast, check_precision
 from sambench.engine.preemption import Preempted
 from sambench.logging.console import progress
@@ -38,7 +40,8 @@ class Trainer:
     Run state the hooks read and write: ``step`` (optimizer steps done), ``metrics`` (the last
     evaluation's), ``params`` (the method's trainable parameters by name), ``scaler``,
     ``stop_signal`` (set by the preemption hook: after this step's hooks, including the
-    checkpoint's save, the run stops with :class:`~sambench.engine.preemption.Preempted`).
+    checkpoint's save, the run stops with :class:`~sambench.engine.preemption.Preempted`),
+    ``step_seconds`` (wall time of the optimizer steps this process ran, for :meth:`cost`).
     """
 
     def __init__(
@@ -55,6 +58,15 @@ class Trainer:
         self.accumulate, self.grad_clip, self.hooks = max(1, accumulate), grad_clip, list(hooks)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.step, self.metrics, self.stop_signal = 0, {}, 0
+        self.step_seconds = 0.0  # wall time of the steps this process ran (data loading included, hooks not)
+
+    def cost(self) -> dict[str, float]:
+        """The run's cost as flat numbers (``cost.json``, :data:`~sambench.engine.cost.COST_KEYS`):
+        parameter counts, peak memory, and the step time and samples/s the hooks measured."""
+        cost = model_cost(self.method, self.device)
+        for hook in self.hooks:
+            cost.update(hook.cost() if hasattr(hook, "cost") else {})
+        return cost
 
     def fit(self) -> dict:
         """Train from ``step`` (a checkpoint hook may resume it first) to ``max_steps``; return
@@ -71,8 +83,12 @@ class Trainer:
             for _ in range(self.steps_per_epoch - done):
                 if self.step >= self.max_steps:
                     break
+                started = time.perf_counter()
                 with dist.waiting(f"step {self.step + 1} (DDP all-reduces gradients in backward)"):
                     losses = self._optimizer_step([next(batches) for _ in range(self.accumulate)])
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                self.step_seconds += time.perf_counter() - started
                 self.step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{sum(v for k, v in losses.items() if k != 'grad_norm'):.4f}")
