@@ -12,9 +12,10 @@ Activations are **counted**, not guessed: every tensor the forward saves for bac
 (:mod:`sambench.cli.saved_tensors`), each storage once, weights left out; measured at batch 1
 and 2 (per image = the difference; what images share, such as autocast's bf16 weight copies,
 is the fixed part). fp32: the whole model on the ``meta`` device (shapes only, exact, seconds).
-bf16: real CPU autocast on a 3-block encoder of the same width / heads (the first block, a windowed
-and a global one), extrapolated block by block to the full depth; the same extrapolation is checked against
-the full-depth count in fp32 and printed. Checkpointing (every encoder block, as
+bf16: real CPU autocast on small encoders of the same width / heads, extrapolated block by block to the
+full depth: a 3-block encoder (the first block, a windowed and a global one) with one small mask for
+the blocks, a 1-block encoder with the full 1024², 16-instance loss for the rest; the same
+extrapolation is checked against the full-depth count in fp32 and printed. Checkpointing (every encoder block, as
 ``trainer.activation_checkpointing``): a block keeps only its input, and backward rebuilds one
 block at a time (its activations are added as a transient). Transient: 2 × the largest tensor
 any operation produced (an operator's input and output / gradient alive together). A GPU of
@@ -33,7 +34,7 @@ import torch
 
 from sambench.cli.bench_report import markdown_table
 from sambench.cli.bench_report import progress as report_progress
-from sambench.cli.peft_workload import BACKBONES, MODES, build_method, synthetic_batch, total_loss
+from sambench.cli.peft_workload import BACKBONES, MAX_INSTANCES, MODES, build_method, synthetic_batch, total_loss
 from sambench.cli.saved_tensors import SavedBytes, count_saved
 
 GIB = 2**30
@@ -53,12 +54,12 @@ def encoder_blocks(method) -> list:
 
 
 def count_step(sam_kwargs: dict, mode: str, device: torch.device, batch_size: int, precision: str = "fp32",
-               image_size: int = 1024) -> tuple[SavedBytes, dict]:
+               image_size: int = 1024, instances: int = MAX_INSTANCES) -> tuple[SavedBytes, dict]:
     """What one training step's forward saves, and the parameter counts, at ``batch_size``."""
     from sambench.engine.precision import autocast
 
     method, params = build_method(sam_kwargs, mode, device)
-    batch = synthetic_batch(batch_size, image_size)
+    batch = synthetic_batch(batch_size, image_size, instances=instances)
     with autocast(device, precision):
         counts, loss = count_saved(lambda: total_loss(method, batch), module=method, blocks=encoder_blocks(method))
     del loss
@@ -66,10 +67,10 @@ def count_step(sam_kwargs: dict, mode: str, device: torch.device, batch_size: in
 
 
 def linear_counts(sam_kwargs: dict, mode: str, device: torch.device, precision: str = "fp32",
-                  image_size: int = 1024) -> tuple[SavedBytes, SavedBytes, dict]:
+                  image_size: int = 1024, instances: int = MAX_INSTANCES) -> tuple[SavedBytes, SavedBytes, dict]:
     """(fixed, per image, parameter counts): counts at batch 1 and 2, fitted as fixed + B × per image."""
-    one, params = count_step(sam_kwargs, mode, device, 1, precision, image_size)
-    two, _ = count_step(sam_kwargs, mode, device, 2, precision, image_size)
+    one, params = count_step(sam_kwargs, mode, device, 1, precision, image_size, instances)
+    two, _ = count_step(sam_kwargs, mode, device, 2, precision, image_size, instances)
     per_image = two.combine(one, 1, -1)
     return one.combine(per_image, 1, -1), per_image, params
 
@@ -82,6 +83,12 @@ def encoder_layout(sam_kwargs: dict) -> dict:
     return {"width": spec.width, "heads": spec.num_heads, "global": [b.window_size == 0 for b in blocks]}
 
 
+def one_block_kwargs(sam_kwargs: dict, layout: dict) -> dict:
+    """A SAM whose encoder is one windowed block of the same width / heads (for what is saved outside the blocks)."""
+    return dict(three_block_kwargs(sam_kwargs, layout), name=f"{sam_kwargs['name']}_1block", encoder_depth=1,
+                encoder_global_attn_indexes=[])
+
+
 def three_block_kwargs(sam_kwargs: dict, layout: dict) -> dict:
     """A SAM whose encoder has 3 blocks of the same width / heads: the first block (its input
     needs no gradient when the patch embedding is frozen, so it saves less), a windowed and a
@@ -90,12 +97,26 @@ def three_block_kwargs(sam_kwargs: dict, layout: dict) -> dict:
                 encoder_num_heads=layout["heads"], encoder_global_attn_indexes=[2], allow_random_init=True)
 
 
-def extrapolate(three_blocks: SavedBytes, layout: dict) -> SavedBytes:
+def extrapolate(three_blocks: SavedBytes, layout: dict, outside: SavedBytes | None = None) -> SavedBytes:
     """Counts of the 3-block encoder laid out as the full encoder: block 0 as its block 0 (every
-    SAM's first block is windowed), later blocks as its windowed or global one."""
+    SAM's first block is windowed), later blocks as its windowed or global one; what is saved
+    outside the blocks from ``outside`` (another proxy's counts) when given."""
     kinds = [0 if i == 0 else 2 if is_global else 1 for i, is_global in enumerate(layout["global"])]
-    return SavedBytes(three_blocks.outside, [three_blocks.blocks[k] for k in kinds],
-                      [three_blocks.block_inputs[k] for k in kinds], three_blocks.largest)
+    outside = outside or three_blocks
+    return SavedBytes(outside.outside, [three_blocks.blocks[k] for k in kinds],
+                      [three_blocks.block_inputs[k] for k in kinds], max(three_blocks.largest, outside.largest))
+
+
+def proxy_counts(sam_kwargs: dict, layout: dict, mode: str, device: torch.device,
+                 precision: str) -> tuple[SavedBytes, SavedBytes]:
+    """(fixed, per image) of the full model from two small ones (less memory and compute): the
+    blocks from the 3-block encoder with one small mask (the decoder's share is then tiny), what is
+    saved outside the blocks (patch embedding, neck, decoder, loss at 1024² with 16 instances)
+    from the 1-block encoder."""
+    blocks_fixed, blocks_per_image, _ = linear_counts(three_block_kwargs(sam_kwargs, layout), mode, device, precision,
+                                                      image_size=64, instances=1)
+    outside_fixed, outside_per_image, _ = linear_counts(one_block_kwargs(sam_kwargs, layout), mode, device, precision)
+    return (extrapolate(blocks_fixed, layout, outside_fixed), extrapolate(blocks_per_image, layout, outside_per_image))
 
 
 @dataclass
@@ -128,22 +149,19 @@ def measure_backbone(name: str, modes: list[str], precisions: list[str]) -> tupl
     """Rows (one per mode × precision × checkpointing) for backbone ``name``, and check lines."""
     sam_kwargs = BACKBONES[name]
     layout = encoder_layout(sam_kwargs)
-    small = three_block_kwargs(sam_kwargs, layout)
     rows, checks = [], []
     meta, cpu = torch.device("meta"), torch.device("cpu")
     for mode in modes:
         progress(f"{name} {mode}: fp32 on meta (full depth)")
         fixed, per_image, params = linear_counts(sam_kwargs, mode, meta)
         counted = {"fp32": (fixed, per_image)}
-        small_fixed, small_per_image, _ = linear_counts(small, mode, meta)
-        exact = all(extrapolate(s, layout).kept(c) == f.kept(c) for s, f in
-                    ((small_fixed, fixed), (small_per_image, per_image)) for c in (False, True))
-        checks.append(f"{name} {mode}: 3-block extrapolation vs full-depth count (fp32, meta): "
+        proxy = proxy_counts(sam_kwargs, layout, mode, meta, "fp32")
+        exact = proxy == (fixed, per_image)
+        checks.append(f"{name} {mode}: 1- and 3-block extrapolation vs full-depth count (fp32, meta): "
                       f"{'equal' if exact else 'DIFFERENT'}")
         if "bf16" in precisions:
-            progress(f"{name} {mode}: bf16 CPU autocast, 3-block encoder (real compute)")
-            small_fixed, small_per_image, _ = linear_counts(small, mode, cpu, "bf16")
-            counted["bf16"] = (extrapolate(small_fixed, layout), extrapolate(small_per_image, layout))
+            progress(f"{name} {mode}: bf16 CPU autocast, 1- and 3-block encoders (real compute)")
+            counted["bf16"] = proxy_counts(sam_kwargs, layout, mode, cpu, "bf16")
         for precision in precisions:
             for checkpointing in (False, True):
                 est = estimate(*counted[precision], params, checkpointing)
@@ -170,7 +188,7 @@ def main(argv: list[str]) -> int:
                         help=f"comma-separated, of {','.join(BACKBONES)}")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {','.join(MODES)}")
     parser.add_argument("--precisions", default=",".join(PRECISIONS), help="fp32 (meta, seconds) and/or bf16 "
-                        "(real CPU compute of 3 encoder blocks: about a minute per mode for ViT-H)")
+                        "(real CPU compute of small encoders: about a minute per mode for ViT-H)")
     args = parser.parse_args(argv)
     chosen = {}
     for key, valid in (("backbones", BACKBONES), ("modes", MODES), ("precisions", PRECISIONS)):

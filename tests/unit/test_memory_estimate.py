@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from sambench.cli.memory_estimate import (GIB, USABLE, Estimate, encoder_blocks, encoder_layout, estimate, extrapolate,
-                                          linear_counts, three_block_kwargs)
+                                          linear_counts, proxy_counts, three_block_kwargs)
 from sambench.cli.peft_workload import MODES, build_method, synthetic_batch, total_loss
 from sambench.cli.saved_tensors import SavedBytes, count_saved
 
@@ -99,6 +99,9 @@ def test_three_block_extrapolation_equals_the_full_depth_count(mode):
     small_fixed, small_per_image, _ = linear_counts(three_block_kwargs(deep, layout), mode, META, image_size=IMAGE)
     assert extrapolate(small_per_image, layout) == per_image and extrapolate(small_fixed, layout) == fixed
     assert per_image.kept() > 0
+    # the bf16 scheme: blocks from a 3-block encoder with one small mask, the rest from a 1-block encoder
+    full_fixed, full_per_image, _ = linear_counts(deep, mode, META)
+    assert proxy_counts(deep, layout, mode, META, "fp32") == (full_fixed, full_per_image)
 
 
 def test_batch_two_costs_twice_the_activations_of_batch_one():
