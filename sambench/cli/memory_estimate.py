@@ -61,7 +61,8 @@ def count_step(sam_kwargs: dict, mode: str, device: torch.device, batch_size: in
     method, params = build_method(sam_kwargs, mode, device)
     batch = synthetic_batch(batch_size, image_size, instances=instances)
     with autocast(device, precision):
-        counts, loss = count_saved(lambda: total_loss(method, batch), module=method, blocks=encoder_blocks(method))
+        counts, loss = count_saved(lambda: total_loss(method, batch), module=method, blocks=encoder_blocks(method),
+                                   keep_graph=False)
     del loss
     return counts, params
 

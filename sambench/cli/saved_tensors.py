@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -67,27 +68,33 @@ def storage_key(t: torch.Tensor) -> int:
     return t.untyped_storage()._cdata
 
 
-def count_saved(run, *, module: nn.Module, blocks: list[nn.Module] = ()) -> tuple[SavedBytes, object]:
+def count_saved(run, *, module: nn.Module, blocks: list[nn.Module] = (), keep_graph: bool = True) -> tuple[SavedBytes, object]:
     """Run ``run()`` (a forward building the graph) counting what it saves for backward; returns
-    the counts and ``run``'s result (keep it alive: the graph holds the saved tensors)."""
+    the counts and ``run``'s result. ``keep_graph=False`` drops each saved tensor once counted
+    (the result cannot backward; memory stays at the forward's working set, the counts are the
+    same: a storage is recognised while it lives, by a weak reference, so a freed one whose
+    address is reused counts as new)."""
     weights = {storage_key(t) for t in [*module.parameters(), *module.buffers()]}
-    seen: dict[int, tuple[int, int]] = {}  # storage key -> (bytes, block index or -1)
-    keep_alive: list[torch.Tensor] = []  # no storage is freed (and its key reused) while counting
+    seen: dict[int, tuple[StorageWeakRef, int, int]] = {}  # storage key -> (ref, bytes, block index or -1)
     current = [-1]
-    inputs: dict[int, tuple[int, int]] = {}
+    inputs: dict[int, int] = {}  # block index -> bytes of its input unless already saved outside the blocks
+    counted: list[tuple[int, int]] = []  # (bytes, block) of every distinct storage saved
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
+    def alive(key: int) -> bool:
+        return key in seen and not seen[key][0].expired()
+
+    def pack(t: torch.Tensor):
         key = storage_key(t)
-        if key not in weights and key not in seen:
-            seen[key] = (t.untyped_storage().nbytes(), current[0])
-            keep_alive.append(t)
-        return t
+        if key not in weights and not alive(key):
+            storage = t.untyped_storage()
+            seen[key] = (StorageWeakRef(storage), storage.nbytes(), current[0])
+            counted.append((storage.nbytes(), current[0]))
+        return t if keep_graph else None
 
     def enter(index):
         def hook(_module, args):
-            x = args[0]
-            inputs[index] = (storage_key(x), x.untyped_storage().nbytes())
-            keep_alive.append(x)
+            key = storage_key(args[0])
+            inputs[index] = 0 if alive(key) and seen[key][2] < 0 else args[0].untyped_storage().nbytes()
             current[0] = index
         return hook
 
@@ -102,15 +109,8 @@ def count_saved(run, *, module: nn.Module, blocks: list[nn.Module] = ()) -> tupl
     finally:
         for handle in handles:
             handle.remove()
-    counts = SavedBytes(outside=sum(n for n, where in seen.values() if where < 0),
-                        blocks=[sum(n for n, where in seen.values() if where == i) for i in range(len(blocks))],
+    counts = SavedBytes(outside=sum(n for n, where in counted if where < 0),
+                        blocks=[sum(n for n, where in counted if where == i) for i in range(len(blocks))],
                         largest=largest.largest)
-    outside_keys = {k for k, (_, where) in seen.items() if where < 0}
-    counted: set[int] = set()
-    for i in range(len(blocks)):
-        key, nbytes = inputs.get(i, (None, 0))
-        fresh = counts.blocks[i] > 0 and key not in outside_keys and key not in counted
-        counts.block_inputs.append(nbytes if fresh else 0)
-        counted.add(key)
+    counts.block_inputs = [inputs.get(i, 0) if counts.blocks[i] > 0 else 0 for i in range(len(blocks))]
     return counts, result
-

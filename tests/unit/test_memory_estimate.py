@@ -65,6 +65,19 @@ def test_meta_counts_equal_real_cpu_counts(mode):
     assert real.kept() > 0
 
 
+def test_dropping_the_graph_while_counting_gives_the_same_counts():
+    method, _ = build_method(TINY_SAM, "lora", CPU)
+    batch = synthetic_batch(2, IMAGE, instances=INSTANCES)
+    for precision in ("fp32", "bf16"):
+        from sambench.engine.precision import autocast
+
+        with autocast(CPU, precision):
+            kept, _ = count_saved(lambda: total_loss(method, batch), module=method, blocks=encoder_blocks(method))
+            dropped, _ = count_saved(lambda: total_loss(method, batch), module=method, blocks=encoder_blocks(method),
+                                     keep_graph=False)
+        assert kept == dropped and kept.kept() > 0
+
+
 def test_modes_keep_less_the_less_trains():
     kept = {mode: step_counts(META, mode)[0].kept() for mode in MODES}
     assert kept["full"] > kept["lora"] > kept["frozen"] > 0
