@@ -5,7 +5,9 @@ For a machine with GPUs (under 8 minutes on one H100); Markdown tables on stdout
 GPUs, gloo with 2 processes on CPU); 3. 1-process vs N-process evaluation equality (``tools/eval.py``
 on a short ``tools/train.py`` run of the embedded default); 4. mixed precision (fp32 / bf16 / fp16
 steps of the embedded default); 5. each method at its papers' sizes, random weights: step time,
-inference ms per image and peak memory beside the papers' figures (``gpu_check_methods``).
+inference ms per image and peak memory beside the papers' figures (``gpu_check_methods``); 6. PEFT
+cost: full fine-tuning vs LoRA vs frozen encoder for ``sam_prompted`` on SAM ViT-B at 1024², fp32 and
+bf16 (``tools/bench_peft.py``'s table: step time, peak memory, trainable parameters, ratios).
 
 Exit status 1 when a check FAILS (a collective returns a wrong value, the 1-vs-N metrics differ, a
 precision gives a non-finite loss, a tool or worker crashes); timings are never judged.
@@ -34,7 +36,7 @@ from sambench.cli.gpu_check_report import (
 )
 
 EVAL_SCRIPT = REPO_ROOT / "tools" / "eval.py"
-SECTIONS = ("env", "collectives", "eval", "precision", "methods")
+SECTIONS = ("env", "collectives", "eval", "precision", "methods", "peft")
 PRECISIONS = ("fp32", "bf16", "fp16")
 WORKER_TIMEOUT_S = 420
 
@@ -174,6 +176,27 @@ def section_methods(args) -> tuple[str, bool]:
     return text, not any("error" in r for r in rows)
 
 
+# ----- 6. PEFT cost ------------------------------------------------------------------------------------------
+def section_peft(args) -> tuple[str, bool]:
+    """``tools/bench_peft.py`` (its own process; on CUDA all rows in it, peaks reset per row): SAM
+    ViT-B at 1024², fp32 and bf16; ``--tiny``: sam_tiny, small masks, 3 rows, fp32 only."""
+    if args.tiny:
+        runs = [["--backbone", "sam_tiny", "--image-size", "128", "--instances", "2", "--rows", "full,lora,frozen",
+                 "--shared-process"]]
+    else:
+        runs = [["--backbone", "sam_vit_b", "--precision", precision] for precision in ("fp32", "bf16")]
+    parts = []
+    for extra in runs:
+        command = [sys.executable, "-m", "sambench.cli.bench_peft", "--device", args.device, "--steps", str(args.steps), *extra]
+        progress(f"PEFT cost: {' '.join(command[3:])} ...")
+        child = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
+        if child.returncode != 0:
+            detail = (child.stderr.strip().splitlines() or ["exit status"])[-1][:200]
+            return markdown_table(["check", "result", "detail"], [["bench_peft", "FAIL", detail]]), False
+        parts.append(child.stdout.strip().replace("## PEFT cost", "### PEFT cost"))
+    return "\n\n".join(parts), True
+
+
 # ----- entry point -------------------------------------------------------------------------------------------
 TITLES = {
     "env": "1. Environment",
@@ -181,6 +204,7 @@ TITLES = {
     "eval": "3. 1 vs N processes: evaluation equality",
     "precision": "4. Mixed precision (embedded default)",
     "methods": "5. Methods at the papers' sizes, random weights",
+    "peft": "6. PEFT: full fine-tuning vs LoRA vs frozen encoder (sam_prompted)",
 }
 
 
@@ -224,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
                     text, passed = section_env(args)
                 elif section == "methods":
                     text, passed = section_methods(args)
+                elif section == "peft":
+                    text, passed = section_peft(args)
                 else:
                     text, passed = {"collectives": section_collectives, "eval": section_eval,
                                     "precision": section_precision}[section](args, work)

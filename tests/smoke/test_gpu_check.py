@@ -12,7 +12,8 @@ from sambench.cli.gpu_check_methods import PAPER, WORKERS
 
 pytestmark = pytest.mark.slow
 TITLES = ["## 1. Environment", "## 2. Collectives", "## 3. 1 vs N processes: evaluation equality",
-          "## 4. Mixed precision (embedded default)", "## 5. Methods at the papers' sizes, random weights"]
+          "## 4. Mixed precision (embedded default)", "## 5. Methods at the papers' sizes, random weights",
+          "## 6. PEFT: full fine-tuning vs LoRA vs frozen encoder (sam_prompted)"]
 NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 
 
@@ -78,6 +79,14 @@ def test_every_method_row_has_numbers_and_its_paper_figure(check):
         assert NUMBER.match(rows(text, comparison)[0][1]), comparison
     # --tiny measures every method in one process: peaks are not per method, so no memory ratio
     assert rows(text, "SSPrompt / CoOp training memory")[0][1] == "n/a (one shared process)"
+
+
+def test_peft_cost_rows(check):
+    text = section(check[0].stdout, TITLES[5])
+    full, lora, frozen = (rows(text, label)[0] for label in ("full fine-tuning", "LoRA r=8", "frozen encoder"))
+    assert full[2] == "1.000" and full[4] == "1.000", text  # ratios to full fine-tuning
+    for row in (lora, frozen):
+        assert 0 < float(row[2]) < 1 and NUMBER.match(row[3]) and NUMBER.match(row[5]), row  # fewer trainable params
 
 
 def test_out_file_equals_stdout(check):
