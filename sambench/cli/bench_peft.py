@@ -37,7 +37,7 @@ import torch
 
 from sambench.cli.bench_report import markdown_table, peak_rss_mib, positive_int, timed_ms
 from sambench.cli.bench_report import progress as report_progress
-from sambench.cli.peft_workload import (BACKBONES, MAX_INSTANCES, MODES, build_method, checkpointing_available,
+from sambench.cli.peft_workload import (BACKBONES, MAX_INSTANCES, build_method,
                                         synthetic_batch, total_loss)
 
 #: row -> (label, mode, checkpointing, cached embeddings)
@@ -54,10 +54,6 @@ CHECKPOINTED = ("full_ckpt", "lora_ckpt")
 
 def progress(message: str) -> None:
     report_progress(message, tag="bench-peft")
-
-
-def default_rows() -> list[str]:
-    return [row for row in ROWS if row not in CHECKPOINTED or checkpointing_available()]
 
 
 def run_row(args, row: str) -> dict:
@@ -139,8 +135,6 @@ def report(args, results: list[dict]) -> str:
         rows.append(cells)
     shared = "; all rows in one process: peaks include the earlier rows' (not comparable)" \
         if args.shared_process and not cuda else ""
-    ckpt = "" if checkpointing_available() else (" Activation checkpointing rows left out: this checkout's SAM backbone has "
-                                                  "no set_activation_checkpointing.")
     notes = (f"{args.steps} timed AdamW steps (median) after 1 warm-up; batch {args.batch_size} × {args.image_size}² "
              f"images with {args.instances} GT boxes each; {args.precision}; random weights. Total parameters: "
              f"{reference['total']:,} (+ adapters for LoRA). The 'embedding computed' row runs the frozen encoder in every "
@@ -148,7 +142,7 @@ def report(args, results: list[dict]) -> str:
              f"frozen encoder). Memory: " + ("CUDA max_memory_allocated above the allocations before the row (weights, "
                                               "gradients, AdamW moments, activations)." if cuda else
                                               "each row's own process, peak resident set (everything the process "
-                                              f"holds, incl. ~0.4 GiB of Python/torch){shared}.") + ckpt)
+                                              f"holds, incl. ~0.4 GiB of Python/torch){shared}."))
     title = f"## PEFT cost: sam_prompted on {args.backbone}, {args.device}\n\n"
     return title + markdown_table(headers, rows) + "\n\n" + notes
 
@@ -169,14 +163,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="CPU: all rows in this process (fast test run; memory then not per row)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else default_rows()
+    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else list(ROWS)
     if args.instances > MAX_INSTANCES:
         parser.error(f"--instances: at most {MAX_INSTANCES}")
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:
         parser.error(f"--rows: unknown {', '.join(unknown)}; valid: {', '.join(ROWS)}")
-    if any(r in CHECKPOINTED for r in args.rows) and not checkpointing_available():
-        parser.error("--rows: activation checkpointing is not available in this checkout")
     return args
 
 

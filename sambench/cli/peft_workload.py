@@ -16,7 +16,7 @@ SAM_VIT_L = dict(name="sam_vit_l", variant="vit_l", allow_random_init=True)
 BACKBONES = {"sam_vit_b": SAM_VIT_B, "sam_vit_l": SAM_VIT_L, "sam_vit_h": SAM_VIT_H, "sam_tiny": SAM_TINY}
 #: mode -> (label, ``conf/method/peft`` preset): what trains besides sam_prompted's mask decoder
 MODES = {
-    "full": ("full fine-tuning", "full"),          # encoder + prompt encoder + decoder
+    "full": ("full fine-tuning", "full"),          # the encoder trains too; the decoder as sam_prompted trains it
     "lora": ("LoRA r=8 (encoder attention)", "lora"),  # adapters on every block's qkv/proj; decoder trains
     "frozen": ("frozen encoder", "none"),          # sam_prompted's default: the decoder trains
 }
@@ -45,13 +45,6 @@ def build_method(sam_kwargs: dict, mode: str, device: torch.device, *, cache_dir
     params = list(method.parameters())
     counts = {"total": sum(p.numel() for p in params), "trainable": sum(p.numel() for p in params if p.requires_grad)}
     return method, counts
-
-
-def checkpointing_available() -> bool:
-    """Whether the SAM backbone offers activation checkpointing (``trainer.activation_checkpointing``)."""
-    from sambench.backbones.sam import SamBackbone
-
-    return hasattr(SamBackbone, "set_activation_checkpointing")
 
 
 def synthetic_batch(batch_size: int, image_size: int = 1024, seed: int = 0, instances: int = MAX_INSTANCES):
