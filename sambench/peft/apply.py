@@ -11,7 +11,6 @@ included), and record these settings so evaluation rebuilds the same structure.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -141,14 +140,10 @@ def _by_owner(method: nn.Module, layers: list[str]) -> list[tuple[nn.Module, lis
 
 
 def _drop_stale_caches(method: nn.Module) -> None:
-    """A backbone whose image encoder trains or has adapters no longer matches its cached
-    embeddings (keyed by the released weights): its cache goes."""
-    for path, backbone in backbones(method):
-        encoder = backbone.peft_parts().get("encoder")
-        if backbone.cache is None or encoder is None:
-            continue
-        regex = re.compile(re.escape(raw_prefix(path, backbone)) + f"(?:{encoder})")
-        if any(regex.fullmatch(n) and (p.requires_grad or ".base_layer." in n) for n, p in method.named_parameters()):
+    """A backbone whose image encoder trains (its own weights, or adapter tensors in it) no
+    longer matches its cached embeddings (keyed by the released weights): its cache goes."""
+    for _, backbone in backbones(method):
+        if backbone.cache is not None and backbone.encoder_trains():
             backbone.cache = None
             log.info("method.peft: %s's image encoder changes, so its embedding cache is off", backbone.name)
 
