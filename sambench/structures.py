@@ -9,7 +9,7 @@ arrays; every resizing to SAM's 1024 frame happens inside the SAM wrapper.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -54,7 +54,13 @@ class Sample:
         texts: referring expressions of the (single) referent, or None: exactly one in
             evaluation samples; in training samples all of the object's expressions (the method
             draws one per step).
-        meta: free-form provenance (file name, image id, annotation ids, ...).
+        frames: video samples: the T frames, each H×W×3 uint8 RGB (``frames[0]`` is ``image``);
+            a sequence that may read each frame when indexed; or None.
+        frame_labels: video samples: T×H×W uint8 object ids per frame (0 background, k = object
+            k, 255 void), or None.
+        meta: free-form provenance (file name, image id, annotation ids, ...). One-shot and video
+            datasets set ``concept``: a file-name-safe name of the reference set (PerSAM-F saves
+            its fitted weights under it).
     """
 
     index: int
@@ -68,6 +74,8 @@ class Sample:
     semantic: torch.Tensor | None = None
     references: list[Reference] | None = None
     texts: list[str] | None = None
+    frames: Sequence[np.ndarray] | None = None
+    frame_labels: torch.Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -142,6 +150,8 @@ class Prediction:
             ``predictions/labels.json``, or None.
         fallbacks: how many times the method fell back to a default output (PerSAM: empty
             masks), summed by the personalization evaluator.
+        frame_labels: video: T×H×W uint8 predicted object ids per frame (0 background, k =
+            the sample's object k; frame 0 is the given first-frame annotation), or None.
     """
 
     index: int
@@ -156,3 +166,4 @@ class Prediction:
     instance_names: list[str] | None = None
     instance_labels: list[dict[str, Any]] | None = None
     fallbacks: int = 0
+    frame_labels: torch.Tensor | None = None

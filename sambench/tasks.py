@@ -80,6 +80,12 @@ def _open_vocab(meta: DatasetMeta, output_dir: str | None) -> OpenVocabEvaluator
     return OpenVocabEvaluator.from_meta(meta, output_dir=output_dir)
 
 
+def _video_object(meta: DatasetMeta, output_dir: str | None):
+    from sambench.evaluation.video import VideoObjectEvaluator  # the DAVIS J/F implementation
+
+    return VideoObjectEvaluator(class_names=_class_names(meta))
+
+
 def _distillation(meta: DatasetMeta, output_dir: str | None) -> EmbeddingDistillationEvaluator:
     return EmbeddingDistillationEvaluator(class_names=_class_names(meta))
 
@@ -104,4 +110,9 @@ OPEN_VOCAB_INSTANCE = Task(name="open_vocab_instance",
 IMAGE_DISTILLATION = Task(name="image_distillation", sample_fields=("image",),
                           evaluator=_distillation, writer=files.NOTHING)
 
-ALL = (PROMPTED_INSTANCE, PERSONALIZE, REFERRING, SEMANTIC_FEW_SHOT, OPEN_VOCAB_INSTANCE, IMAGE_DISTILLATION)
+#: first-frame masks of a video's objects -> their masks in every frame (DAVIS J, F, J&F).
+VIDEO_OBJECT = Task(name="video_object", sample_fields=("image", "frames", "frame_labels", "references"),
+                    evaluator=_video_object, writer=files.VIDEO_LABELS)
+
+ALL = (PROMPTED_INSTANCE, PERSONALIZE, REFERRING, SEMANTIC_FEW_SHOT, OPEN_VOCAB_INSTANCE, IMAGE_DISTILLATION,
+       VIDEO_OBJECT)

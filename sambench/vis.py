@@ -55,8 +55,9 @@ def overlay_masks(image: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -> n
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 
-def save_png_atomic(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` (H x W or H x W x 3/4, uint8) as a PNG at ``path`` via temp file + rename.
+def save_png_atomic(path: Path, array: np.ndarray, palette: list[int] | None = None) -> None:
+    """Write ``array`` (H x W or H x W x 3/4, uint8) as a PNG at ``path`` via temp file + rename;
+    with ``palette`` (768 ints) an H x W uint8 array is written as an indexed (``P``) PNG.
 
     Parent folders are created; a reader never sees a half-written file.
     """
@@ -64,7 +65,13 @@ def save_png_atomic(path: Path, array: np.ndarray) -> None:
     temp_path = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # umask-respecting mode
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.asarray(array)).save(temp_path, format="PNG")
+        image = Image.fromarray(np.asarray(array))
+        if palette is not None:
+            if image.mode != "L":
+                raise ValueError(f"a palette PNG needs an H x W uint8 array, got {np.asarray(array).shape} {np.asarray(array).dtype}")
+            image = Image.frombytes("P", image.size, image.tobytes())
+            image.putpalette(palette)
+        image.save(temp_path, format="PNG")
         os.replace(temp_path, path)
     except OSError as exc:  # disk full, read-only folder
         temp_path.unlink(missing_ok=True)

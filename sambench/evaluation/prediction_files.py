@@ -110,6 +110,33 @@ def merge_label_files(folder: Path) -> None:
     shutil.rmtree(fragments)
 
 
+def davis_palette() -> list[int]:
+    """The 256-colour palette of DAVIS annotations (PASCAL VOC's: the bits of an id spread
+    over the high bits of R, G and B), flattened as PIL's ``putpalette`` wants it."""
+    palette = []
+    for index in range(256):
+        red = green = blue = 0
+        value = index
+        for shift in range(7, -1, -1):
+            red |= (value & 1) << shift
+            green |= ((value >> 1) & 1) << shift
+            blue |= ((value >> 2) & 1) << shift
+            value >>= 3
+        palette += [red, green, blue]
+    return palette
+
+
+def write_frame_labels(sample: Sample, pred: Prediction, folder: Path) -> None:
+    """``<path>/<frame name>.png`` per frame: ``pred.frame_labels`` as indexed PNGs with the DAVIS
+    palette, the layout the DAVIS toolkit reads (``meta["frame_names"]``, else ``00000``...)."""
+    labels = pred.frame_labels.cpu().numpy().astype(np.uint8)
+    names = sample.meta.get("frame_names") or [f"{t:05d}" for t in range(len(labels))]
+    base = folder / prediction_path(sample)
+    palette = davis_palette()
+    for name, frame in zip(names, labels):
+        save_png_atomic(base / f"{_safe(str(name))}.png", frame, palette=palette)
+
+
 def write_overlay(sample: Sample, pred: Prediction, folder: Path) -> None:
     """``<path>.png``: the predicted masks (or classes) drawn over the image."""
     masks = pred.masks.cpu().numpy() if pred.masks is not None else class_masks(pred.semantic)
@@ -140,4 +167,5 @@ MASK_AND_LOGITS = PredictionWriter(name="instance id PNG + logits .npy", parts=(
 INSTANCES_AND_LABELS = PredictionWriter(
     name="instance id PNG + per-instance PNGs + labels.json", parts=(write_instance_ids, write_instance_masks),
 )
+VIDEO_LABELS = PredictionWriter(name="indexed PNG per frame (DAVIS layout)", parts=(write_frame_labels,))
 NOTHING = PredictionWriter(name="no files", parts=())

@@ -37,9 +37,10 @@ load_plugins()
 # --------------------------------------------------------------------------- tasks and pairing
 
 
-def test_six_tasks_with_distinct_names_and_every_plugin_declares_task_objects():
+def test_seven_tasks_with_distinct_names_and_every_plugin_declares_task_objects():
     assert [task.name for task in tasks.ALL] == [
         "prompted_instance", "personalize", "referring", "semantic_few_shot", "open_vocab_instance", "image_distillation",
+        "video_object",
     ]
     for name, cls in METHODS.module_dict.items():
         assert method_tasks(cls) and all(task in tasks.ALL for task in method_tasks(cls)), name
