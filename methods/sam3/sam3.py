@@ -8,6 +8,9 @@ same evaluators score it as the adapted methods. The prompt-formation choices ar
 
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
 import torch
 
 from sambench import tasks
@@ -60,7 +63,7 @@ class Sam3ZeroShot(SambenchMethod):
             ignored by the evaluation anyway, but no longer compete for ``max_detections``.
     """
 
-    TASKS = (tasks.OPEN_VOCAB_INSTANCE, tasks.REFERRING, tasks.PERSONALIZE, tasks.SEMANTIC_FEW_SHOT)
+    TASKS = (tasks.OPEN_VOCAB_INSTANCE, tasks.REFERRING, tasks.PERSONALIZE, tasks.SEMANTIC_FEW_SHOT, tasks.VIDEO_OBJECT)
     BACKBONE_KIND = "concept"
     ROOT_KWARGS = ("task",)
 
@@ -88,7 +91,8 @@ class Sam3ZeroShot(SambenchMethod):
     @torch.no_grad()
     def predict(self, batch: Batch) -> list[Prediction]:
         adapter = {tasks.OPEN_VOCAB_INSTANCE: self.open_vocab, tasks.REFERRING: self.referring,
-                   tasks.PERSONALIZE: self.personalize, tasks.SEMANTIC_FEW_SHOT: self.semantic}[self.TASK]
+                   tasks.PERSONALIZE: self.personalize, tasks.SEMANTIC_FEW_SHOT: self.semantic,
+                   tasks.VIDEO_OBJECT: self.video}[self.TASK]
         return [adapter(sample) for sample in batch]
 
     def _image(self, image) -> dict:
@@ -168,19 +172,52 @@ class Sam3ZeroShot(SambenchMethod):
         """The first reference's mask box as a positive exemplar (encoded on the reference image);
         the target's top-scoring instance."""
         reference = sample.references[0]
-        if self.exemplar_text == "visual":
-            text = VISUAL_ONLY_TEXT
-        else:  # the object's folder name, e.g. "cat_statue/00" -> "cat statue"
-            text = concept_text(reference.name.split("/")[0], rule="first_synonym")
         exemplar = self._exemplar(reference)
-        out = self.sam.ground(self._image(sample.image), self.sam.encode_texts([text]), torch.tensor([0]),
-                              exemplars=exemplar)
+        out = self.sam.ground(self._image(sample.image), self.sam.encode_texts([self._exemplar_text(sample, reference)]),
+                              torch.tensor([0]), exemplars=exemplar)
         best = top_instance(out.scores[0])
         return Prediction(index=sample.index, masks=self._masks(out.mask_logits[0, best][None], sample.size))
 
+    def _exemplar_text(self, sample: Sample, reference) -> str:
+        """The text beside an exemplar: the processor's visual-only text, or the concept's name (the
+        dataset's ``meta["object"]``, e.g. a one-shot episode's class, else the reference's
+        folder: ``"cat_statue/00"`` -> ``"cat statue"``)."""
+        if self.exemplar_text == "visual":
+            return VISUAL_ONLY_TEXT
+        name = sample.meta.get("object") if self.TASK == tasks.PERSONALIZE else None
+        return concept_text(str(name or reference.name.split("/")[0]), rule="first_synonym")
+
+    # ----- video objects ----------------------------------------------------------------------
+    def video(self, sample: Sample) -> Prediction:
+        """Each object's first-frame mask box is its exemplar (encoded on frame 0); on every later
+        frame each object's top-scoring instance gives a probability map, and a pixel takes the
+        object with the highest probability above 0.5 (background otherwise; the lower id on ties).
+        No memory across frames: a per-frame exemplar baseline, not SAM 3's video tracker.
+        Frame 0 holds the given first-frame masks."""
+        ids = list(sample.meta.get("object_ids") or range(1, len(sample.references) + 1))
+        height, width = sample.size
+        exemplars = []
+        for reference in sample.references:
+            exemplars.append(self._exemplar(reference))
+        labels = torch.zeros(len(sample.frames), height, width, dtype=torch.uint8)
+        for object_id, reference in zip(ids, sample.references):
+            labels[0][torch.as_tensor(reference.mask)] = object_id
+        texts = self.sam.encode_texts([self._exemplar_text(sample, ref) for ref in sample.references])
+        for t in range(1, len(sample.frames)):
+            image = self._image(sample.frames[t])
+            maps = [torch.full((height, width), MASK_THRESHOLD)]
+            for k, exemplar in enumerate(exemplars):
+                out = self.sam.ground(image, texts, torch.tensor([k]), exemplars=exemplar)
+                best = top_instance(out.scores[0])
+                maps.append(self.sam.masks_to_image(out.mask_logits[0, best][None].to(self.sam.device), (height, width))[0].cpu())
+            winner = torch.stack(maps).argmax(0)
+            labels[t] = torch.tensor([0, *ids], dtype=torch.uint8)[winner]
+        return Prediction(index=sample.index, frame_labels=labels)
+
     def _exemplar(self, reference):
-        """Exemplar tokens of a reference (cached by its name: a concept's targets share it)."""
-        key = reference.name or str(id(reference))
+        """Exemplar tokens of a reference (cached by its name and mask: a concept's targets share it,
+        and one image used as the reference of several classes gets one exemplar per mask)."""
+        key = (reference.name or str(id(reference)), hashlib.sha1(np.packbits(reference.mask)).hexdigest())
         if key not in self._exemplars:
             if not reference.mask.any():
                 raise DatasetError(f"reference {reference.name or '?'}: its mask is empty, so SAM 3 has no exemplar box "

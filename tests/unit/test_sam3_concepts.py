@@ -16,6 +16,7 @@ import sambench  # noqa: F401  (makes ``sambench_plugins`` importable)
 from sambench import tasks
 from sambench.backbones.sam3 import Sam3ConceptModel
 from sambench.errors import ConfigError
+from sambench.prompts import mask_boxes
 from sambench.structures import Batch, Reference, Sample
 from sambench_plugins.methods.sam3.concepts import (
     BestConcept, BestPerPrompt, TopDetections, box_matches, chunks, concept_text, concept_texts, instance_score_map,
@@ -434,3 +435,51 @@ def test_personalize_text_beside_the_exemplar(sam, monkeypatch, exemplar_text, e
     method.predict(Batch([Sample(index=0, image=_image(6), masks=torch.zeros(1, *SIZE, dtype=torch.bool),
                                  references=[reference])]))
     assert texts == [[expected]]
+
+
+def _video_sample(frames: int = 3) -> Sample:
+    """Frames with two objects (ids 1 and 3) in frame 0."""
+    images = [_image(20 + t) for t in range(frames)]
+    first = np.zeros(SIZE, np.uint8)
+    first[5:20, 4:25] = 1
+    first[22:36, 30:50] = 3
+    references = [Reference(image=images[0], mask_rgb=np.repeat((255 * (first == k)).astype(np.uint8)[..., None], 3, -1),
+                            name=f"seq/{k}") for k in (1, 3)]
+    labels = torch.zeros(frames, *SIZE, dtype=torch.uint8)
+    labels[0] = torch.from_numpy(first)
+    return Sample(index=0, image=images[0], frames=images, frame_labels=labels, references=references,
+                  meta={"object_ids": [1, 3], "name": "seq"})
+
+
+def test_video_labels_are_the_per_pixel_best_object_above_one_half(sam):
+    sample = _video_sample()
+    method = Sam3ZeroShot(sam=sam, task=tasks.VIDEO_OBJECT)
+    (pred,) = method.predict(Batch([sample]))
+    assert pred.frame_labels.shape == (3, *SIZE) and pred.frame_labels.dtype == torch.uint8
+    assert torch.equal(pred.frame_labels[0], sample.frame_labels[0])
+    text = sam.encode_texts(["visual", "visual"])
+    for t in (1, 2):  # by hand: each object's top instance on the frame, its probability map, argmax with 0.5 for background
+        image = sam.encode_image(sam.preprocess(sample.frames[t])[None])
+        probs = []
+        for k, ref in enumerate(sample.references):
+            box = mask_boxes(torch.as_tensor(ref.mask)[None])
+            exemplar = sam.encode_exemplars(sam.encode_image(sam.preprocess(ref.image)[None]), sam.boxes_to_exemplars(box, SIZE))
+            out = sam.ground(image, text, torch.tensor([k]), exemplars=exemplar)
+            probs.append(sam.masks_to_image(out.mask_logits[0, int(out.scores[0].argmax())][None], SIZE)[0])
+        probs = torch.stack(probs)
+        expected = torch.where(probs.max(0).values > 0.5, torch.tensor([1, 3])[probs.argmax(0)], torch.tensor(0))
+        assert torch.equal(pred.frame_labels[t].long(), expected)
+
+
+def test_one_image_as_the_reference_of_two_concepts_gets_two_exemplars(sam, monkeypatch):
+    calls = []
+    encode = sam.encode_exemplars
+    monkeypatch.setattr(sam, "encode_exemplars", lambda *args, **kwargs: calls.append(args[1]) or encode(*args, **kwargs))
+    method = Sam3ZeroShot(sam=sam, task=tasks.PERSONALIZE)
+    for box in ((8, 30, 10, 40), (2, 12, 3, 20)):
+        mask_rgb = np.zeros((*SIZE, 3), dtype=np.uint8)
+        mask_rgb[box[0]:box[1], box[2]:box[3]] = 255
+        reference = Reference(image=_image(2), mask_rgb=mask_rgb, name="val2014/COCO_val2014_000000000001.jpg")
+        method.predict(Batch([Sample(index=0, image=_image(5), masks=torch.zeros(1, *SIZE, dtype=torch.bool),
+                                     references=[reference])]))
+    assert len(calls) == 2 and not torch.equal(calls[0], calls[1])
