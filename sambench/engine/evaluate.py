@@ -7,7 +7,9 @@ from pathlib import Path
 import torch
 
 from sambench.engine.precision import autocast
-from sambench.evaluation.prediction_files import PredictionWriter, class_masks, sample_name, write_overlay
+from sambench.evaluation.prediction_files import (
+    PredictionWriter, class_masks, middle_frame, object_masks, sample_name, write_overlay,
+)
 from sambench.logging.console import progress
 from sambench.dist import rank
 from sambench.structures import Prediction, Sample
@@ -31,8 +33,8 @@ def evaluate(
 
     With ``predictions_dir``, each rank writes its samples' prediction files there with
     ``writer`` (the task's, :attr:`sambench.tasks.Task.writer`); with ``overlays_dir``, their
-    overlays at ``<dir>/<prediction path>.png``. Predictions without masks or a label map (e.g.
-    detections, distillation scores) write nothing.
+    overlays at ``<dir>/<prediction path>.png``. Predictions without masks, a label map or frame
+    labels (e.g. detections, distillation scores) write nothing.
     """
     if predictions_dir is not None and writer is None:
         raise ValueError("evaluate: predictions_dir needs the task's prediction writer")
@@ -46,7 +48,7 @@ def evaluate(
                 predictions = method.predict(batch)
             evaluator.process(batch, predictions)
             for sample, pred in zip(batch, predictions):
-                has_output = pred.masks is not None or pred.semantic is not None
+                has_output = pred.masks is not None or pred.semantic is not None or pred.frame_labels is not None
                 if predictions_dir is not None and has_output:
                     writer(sample, pred, predictions_dir)
                 if overlays_dir is not None and has_output:
@@ -60,14 +62,21 @@ def evaluate(
 
 
 def overlay_item(sample: Sample, pred: Prediction) -> dict:
-    if pred.semantic is not None:
+    """The logger's overlay of one prediction; a video shows its middle frame."""
+    image = sample.image
+    if pred.frame_labels is not None:
+        t = middle_frame(pred)
+        image = sample.frames[t]
+        gt = instance_id_map(object_masks(sample.frame_labels[t])) if sample.frame_labels is not None else None
+        predicted = instance_id_map(object_masks(pred.frame_labels[t]))
+    elif pred.semantic is not None:
         gt = instance_id_map(class_masks(sample.semantic)) if sample.semantic is not None else None
         predicted = instance_id_map(class_masks(pred.semantic))
     else:
         gt = instance_id_map(sample.masks.cpu().numpy()) if sample.masks is not None else None
         predicted = instance_id_map(pred.masks.cpu().numpy())
     return {
-        "image": sample.image,
+        "image": image,
         "pred": predicted,
         "gt": gt,
         "caption": sample_name(sample),

@@ -137,10 +137,32 @@ def write_frame_labels(sample: Sample, pred: Prediction, folder: Path) -> None:
         save_png_atomic(base / f"{_safe(str(name))}.png", frame, palette=palette)
 
 
+def object_masks(labels: torch.Tensor) -> np.ndarray:
+    """H×W object ids -> K×H×W bool, mask k - 1 = object k for k = 1..max id (so an object keeps
+    its colour across frames); background 0 and void 255 are left uncovered."""
+    ids = labels.cpu().numpy()
+    valid = ids[ids != IGNORE]
+    count = int(valid.max()) if valid.size else 0
+    return ids[None] == np.arange(1, count + 1).reshape(-1, 1, 1)
+
+
+def middle_frame(pred: Prediction) -> int:
+    """The frame a video prediction's overlay shows: the middle one, ``T // 2``."""
+    return len(pred.frame_labels) // 2
+
+
 def write_overlay(sample: Sample, pred: Prediction, folder: Path) -> None:
-    """``<path>.png``: the predicted masks (or classes) drawn over the image."""
-    masks = pred.masks.cpu().numpy() if pred.masks is not None else class_masks(pred.semantic)
-    save_png_atomic(folder / prediction_path(sample).with_suffix(".png"), overlay_masks(sample.image, masks))
+    """``<path>.png``: the predicted masks (or classes) drawn over the image; for a video, the
+    predicted objects of the middle frame (:func:`middle_frame`) over that frame."""
+    image = sample.image
+    if pred.frame_labels is not None:
+        t = middle_frame(pred)
+        image, masks = sample.frames[t], object_masks(pred.frame_labels[t])
+    elif pred.masks is not None:
+        masks = pred.masks.cpu().numpy()
+    else:
+        masks = class_masks(pred.semantic)
+    save_png_atomic(folder / prediction_path(sample).with_suffix(".png"), overlay_masks(image, masks))
 
 
 @dataclass(frozen=True)

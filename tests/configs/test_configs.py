@@ -19,6 +19,7 @@ from sambench.cli.build import build_backbone, build_dataset, build_evaluator, b
 from sambench.cli.launch import GROUPS, check_group_choices
 from sambench.testing import semantic_synthetic
 from sambench.testing.coco_synthetic import write_synthetic_coco
+from sambench.testing.davis_synthetic import write_davis
 from sambench.testing.lvis_synthetic import write_synthetic_lvis
 from sambench.testing.refcoco_synthetic import write_synthetic_refcoco
 from sambench.errors import ConfigError
@@ -62,6 +63,8 @@ def data_overrides(dataset: str, tmp_path: Path) -> list[str]:
         return [f"dataset.root={write_synthetic_coco(tmp_path / 'coco', num_images=3)}"]
     if dataset == "lvis":
         return [f"dataset.root={write_synthetic_lvis(tmp_path / 'lvis')}"]
+    if dataset == "davis2017":
+        return [f"dataset.root={write_davis(tmp_path / 'DAVIS', {'seq': (3, 32, 40, 2)})}", "dataset.train_split=val"]
     if dataset == "coco_instances":
         if not SHARED_DATA.is_dir():
             pytest.skip("needs ../shared/data beside the checkout")
@@ -154,7 +157,7 @@ def test_every_valid_method_dataset_pair_instantiates(method, dataset, tmp_path)
     if "num_pixels" in metrics:  # semantic: pixel counts
         assert metrics["num_pixels"] > 0
     else:
-        assert metrics.get("num_images", metrics.get("num_samples")) == 1
+        assert metrics.get("num_images", metrics.get("num_samples", metrics.get("num_sequences"))) == 1
 
 
 @pytest.mark.slow  # official-size models (ViT-H, RN50x16) built with random weights
