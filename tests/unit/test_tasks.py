@@ -45,7 +45,7 @@ def test_seven_tasks_with_distinct_names_and_every_plugin_declares_task_objects(
     for name, cls in METHODS.module_dict.items():
         assert method_tasks(cls) and all(task in tasks.ALL for task in method_tasks(cls)), name
     assert method_tasks(METHODS.get("sam3")) == (tasks.OPEN_VOCAB_INSTANCE, tasks.REFERRING, tasks.PERSONALIZE,
-                                                 tasks.SEMANTIC_FEW_SHOT)
+                                                 tasks.SEMANTIC_FEW_SHOT, tasks.VIDEO_OBJECT)
     for name, cls in DATASETS.module_dict.items():
         assert cls.TASKS and all(task in tasks.ALL for task in cls.TASKS), name
     with pytest.raises(FrozenInstanceError):
@@ -67,10 +67,11 @@ def test_a_method_with_several_tasks_takes_the_one_the_dataset_serves():
     assert task_for(sam3, DATASETS.get("perseg")) == tasks.PERSONALIZE
     assert task_for(sam3, DATASETS.get("cityscapes")) == tasks.SEMANTIC_FEW_SHOT
     assert task_for(sam3, DATASETS.get("lvis")) == tasks.OPEN_VOCAB_INSTANCE
+    assert task_for(sam3, DATASETS.get("davis2017")) == tasks.VIDEO_OBJECT
     assert task_for(sam3, DATASETS.get("sample")) is None
     assert task_for(METHODS.get("persam"), DATASETS.get("perseg")) == tasks.PERSONALIZE  # one TASK: itself
     with pytest.raises(ConfigError, match=r"method 'sam3' \(tasks 'open_vocab_instance, referring, personalize, "
-                                          r"semantic_few_shot'\) cannot run on dataset 'sample'; datasets that fit: "
+                                          r"semantic_few_shot, video_object'\) cannot run on dataset 'sample'; datasets that fit: "
                                           r"acdc, ade20k, .*perseg, refcoco, refcocog, refcocop$"):
         check_pairing("sam3", "sample")
 
