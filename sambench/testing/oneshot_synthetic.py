@@ -44,10 +44,11 @@ def _save_jpeg(path: Path, pixels: np.ndarray) -> None:
 # --------------------------------------------------------------------------- COCO-20i
 
 
-def write_synthetic_coco20i(root: Path, *, folds=(0,), num_images: int = 10, seed: int = 0) -> Path:
+def write_synthetic_coco20i(root: Path, *, folds=(0,), num_images: int = 10, seed: int = 0,
+                            empty_mask: bool = False) -> Path:
     """Write ``root`` (the COCO2014 folder). Class ``j``-th of a fold (index ``fold + 4j``) is in
-    images ``j``, ``j + 3`` and ``j + 7`` (mod ``num_images``), drawn as a vertical stripe; one
-    listed image per fold has no pixel of its class (HSNet's lists hold such images too)."""
+    images ``j``, ``j + 3`` and ``j + 7`` (mod ``num_images``), drawn as a vertical stripe. With
+    ``empty_mask``, image 0 is listed for its last class but holds no pixel of it."""
     rng = np.random.default_rng(seed)
     root = Path(root)
     members: list[list[int]] = [[] for _ in range(num_images)]
@@ -63,7 +64,7 @@ def write_synthetic_coco20i(root: Path, *, folds=(0,), num_images: int = 10, see
         height, width = 36 + 3 * i, 48 + 5 * (i % 4)
         _save_jpeg(root / name, _pixels(rng, height, width))
         labels = np.zeros((height, width), dtype=np.uint8)
-        drawn = [c for c in members[i] if not (i == 0 and c == members[0][-1])]  # the last class of image 0: no pixels
+        drawn = [c for c in members[i] if not (empty_mask and i == 0 and c == members[0][-1])]
         stripe = max(1, width // max(1, len(drawn)))
         for k, class_id in enumerate(drawn):
             top = int(rng.integers(0, height // 3))
