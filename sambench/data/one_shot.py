@@ -11,7 +11,12 @@ Episodes are drawn in ``__init__`` (no image is read) with a dedicated
 ``np.random.RandomState(seed)`` consumed by the same numpy calls, in the same order, as the
 official loaders (HSNet ``data/coco.py`` / ``data/fss.py``, Matcher ``matcher/data/lvis.py``)
 consume the global legacy generator after ``np.random.seed(0)``: seed 0 gives the official test
-episodes. The list can be saved (:meth:`OneShotDataset.write_episodes`, ``episodes.json`` in the
+episodes. ``meta`` holds ``object`` (the class name), ``class_id`` (its position in
+``class_names``), ``episode``, ``query`` and ``support`` (image names relative to the image root),
+``name`` (``%05d`` of the episode), ``prediction_path`` (``<class>/<episode>``) and ``concept``
+(file-name-safe class + support: PerSAM-F's fitted-weight file name). The reference's ``name`` is
+``<class>/<support>``: PerSAM caches a concept by its reference names, and one COCO/LVIS image
+is the support of several classes with different masks. The list can be saved (:meth:`OneShotDataset.write_episodes`, ``episodes.json`` in the
 run folder) and reloaded (``episodes_file=``) instead of drawing.
 """
 
@@ -142,7 +147,7 @@ class OneShotDataset(SambenchDataset):
             raise DatasetError(f"{where} has no 'episodes' list (expected an {EPISODES_FILE} saved by an earlier run)")
         if data.get("dataset") not in (None, self.NAME):
             raise DatasetError(f"{where} holds {data['dataset']} episodes; this dataset is {self.NAME}")
-        checked = []
+        checked, allowed_by_class = [], {}
         for number, episode in enumerate(episodes):
             if not (isinstance(episode, dict) and {"class", "query", "support"} <= set(episode)
                     and isinstance(episode["query"], str) and isinstance(episode["support"], str)):
@@ -154,7 +159,9 @@ class OneShotDataset(SambenchDataset):
                     f"{where}: episode {number} has class {class_id!r}, which is not a class of {self.NAME}{fold} "
                     f"(was the list saved for another fold or dataset?)"
                 )
-            allowed = self.candidates(class_id)
+            if class_id not in allowed_by_class:
+                allowed_by_class[class_id] = self.candidates(class_id)
+            allowed = allowed_by_class[class_id]
             for role in ("query", "support"):
                 if episode[role] not in allowed:
                     raise DatasetError(
