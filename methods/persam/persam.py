@@ -216,7 +216,7 @@ class PerSAMF(PerSAM):
         return concept
 
     def concept_name(self, sample: Sample) -> str:
-        return str(sample.meta.get("object") or "_".join(r.name for r in sample.references)).replace("/", "_")
+        return str(sample.meta.get("concept") or sample.meta.get("object") or "_".join(r.name for r in sample.references)).replace("/", "_")
 
     def load_or_fit(self, concept: Concept, sample: Sample, features: ImageFeatures) -> MaskScaleWeights:
         """The concept's weights from ``weights_dir``, else fitted on the references (``features``: theirs)."""

@@ -169,6 +169,8 @@ def build_dataset(cfg: DictConfig, split: str, run_dir: Path | None = None):
         dataset = FewShotSubset(dataset, **few_shot, max_samples=max_samples)
         if run_dir is not None and dist.is_main():
             dataset.write(run_dir)
+    elif split == "eval" and hasattr(dataset, "write_episodes") and run_dir is not None and dist.is_main():
+        dataset.write_episodes(run_dir)  # one-shot benchmarks: the episode list, reusable as dataset.episodes_file
     if len(dataset) == 0:  # a safety net: adapters say which file and why where they can
         where = getattr(dataset, "ann_path", None) or getattr(dataset, "root", None) or kwargs.get("root")
         purpose = "train on" if split == "train" else "evaluate"

@@ -3,6 +3,9 @@
 As PerSAM's ``eval_miou.py``: per object, IoU = ΣI / ΣU and Acc = ΣI / Σ|GT| over its
 (non-reference) images, then the mean over objects. bIoU is the Boundary IoU of Cheng et al.
 (2021) accumulated the same way (no official script exists; implemented from the definition).
+FB-IoU (the one-shot benchmarks' second metric, HSNet ``common/logger.py``
+``AverageMeter.compute_iou``): the mean of the foreground IoU ΣI/ΣU and the background IoU
+(``~pred & ~gt`` over ``~pred | ~gt``) each accumulated over all images, whatever their object.
 """
 
 from __future__ import annotations
@@ -46,13 +49,24 @@ def ratio(part: int, whole: int) -> float:
     return part / whole if whole else 1.0
 
 
+def fb_iou(records: list[dict]) -> float:
+    """HSNet's FB-IoU (percent): mean of ΣI/ΣU of the foreground and of the background over all
+    ``records``; NaN without records."""
+    if not records:
+        return float("nan")
+    foreground = ratio(sum(r["intersection"] for r in records), sum(r["union"] for r in records))
+    background = ratio(sum(r["background_intersection"] for r in records), sum(r["background_union"] for r in records))
+    return (foreground + background) / 2 * 100
+
+
 @EVALUATORS.register_module(name="personalization")
 class PersonalizationEvaluator(SampleRecordEvaluator):
     """mIoU / bIoU / mAcc (percent) = means over objects of accumulated per-object scores.
 
     A prediction's N masks are merged into one (N = 0 predicts nothing). ``compute`` also gives
     ``per_object`` ({object: {IoU, bIoU, Acc, images}}), ``num_objects``, ``num_images`` and
-    ``fallbacks`` (the sum of ``prediction.fallbacks``, e.g. PerSAM's empty-mask cases).
+    ``fallbacks`` (the sum of ``prediction.fallbacks``, e.g. PerSAM's empty-mask cases), and
+    ``FB-IoU`` (percent; HSNet's definition, see the module docstring).
     """
 
     def __init__(self, class_names: list[str] | None = None):
@@ -71,6 +85,8 @@ class PersonalizationEvaluator(SampleRecordEvaluator):
             "boundary_intersection": int((pred_boundary & gt_boundary).sum()),
             "boundary_union": int((pred_boundary | gt_boundary).sum()),
             "gt": int(gt.sum()),
+            "background_intersection": int((~pred & ~gt).sum()),
+            "background_union": int((~pred | ~gt).sum()),
             "fallbacks": int(prediction.fallbacks),
         }
 
@@ -101,6 +117,7 @@ class PersonalizationEvaluator(SampleRecordEvaluator):
 
         return {
             "mIoU": mean("IoU"),
+            "FB-IoU": fb_iou(records),
             "bIoU": mean("bIoU"),
             "mAcc": mean("Acc"),
             "num_objects": len(per_object),

@@ -21,6 +21,7 @@ from sambench.testing import semantic_synthetic
 from sambench.testing.coco_synthetic import write_synthetic_coco
 from sambench.testing.davis_synthetic import write_davis
 from sambench.testing.lvis_synthetic import write_synthetic_lvis
+from sambench.testing.oneshot_synthetic import write_synthetic_coco20i, write_synthetic_fss1000, write_synthetic_lvis92i
 from sambench.testing.refcoco_synthetic import write_synthetic_refcoco
 from sambench.errors import ConfigError
 from sambench.method import SambenchMethod
@@ -65,6 +66,12 @@ def data_overrides(dataset: str, tmp_path: Path) -> list[str]:
         return [f"dataset.root={write_synthetic_lvis(tmp_path / 'lvis')}"]
     if dataset == "davis2017":
         return [f"dataset.root={write_davis(tmp_path / 'DAVIS', {'seq': (3, 32, 40, 2)})}", "dataset.train_split=val"]
+    if dataset == "coco20i":
+        return [f"dataset.root={write_synthetic_coco20i(tmp_path / 'COCO2014')}", "dataset.episodes=2"]
+    if dataset == "fss1000":
+        return [f"dataset.root={write_synthetic_fss1000(tmp_path / 'FSS-1000')}", "dataset.max_samples=2"]
+    if dataset == "lvis92i":
+        return [f"dataset.root={write_synthetic_lvis92i(tmp_path / 'LVIS')}", "dataset.episodes=2"]
     if dataset == "coco_instances":
         if not SHARED_DATA.is_dir():
             pytest.skip("needs ../shared/data beside the checkout")
