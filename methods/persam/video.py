@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sambench.checkpoint import save_atomic
 from sambench.dist import rank
@@ -139,6 +138,19 @@ def first_pick(masks: torch.Tensor, scores: torch.Tensor, rule: str) -> int:
     return int(np.argmax(areas))
 
 
+def densest_cell(mask: torch.Tensor, input_size, image_size: int = 1024, grid: int = 64) -> tuple[int, int]:
+    """(row, col) of the grid×grid cell holding most pixels of the non-empty H×W mask: pixel
+    centres scaled into the resized frame (``input_size`` (h, w), longest side ``image_size``),
+    cells of ``image_size / grid`` pixels; ties: the first in row-major order. Never a padding cell."""
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    h, w = mask.shape
+    stride = image_size / grid
+    rows = ((ys.double() + 0.5) * input_size[0] / h / stride).long().clamp(max=grid - 1)
+    cols = ((xs.double() + 0.5) * input_size[1] / w / stride).long().clamp(max=grid - 1)
+    best = int(torch.bincount(rows * grid + cols, minlength=grid * grid).argmax())
+    return best // grid, best % grid
+
+
 def merge_logits(logits: list[torch.Tensor], size) -> torch.Tensor:
     """Label map H×W uint8 of N objects' H×W logits: argmax over [0, logit_1, ..., logit_N]; the
     background wins ties and logits <= 0, the earlier object wins ties between objects."""
@@ -192,18 +204,15 @@ class PerSAMVideo:
 
     def target_feature(self, embedding: torch.Tensor, mask: np.ndarray, name: str) -> torch.Tensor:
         """normalise((max + mean) / 2) of the object's 64×64 foreground cells (embedding
-        256×64×64) -> 1×256. No cell left at 64×64 (official: NaN): the cell of the largest
-        resized mask value stands in, counted as a fallback."""
-        mask_rgb = self.reference_mask(mask)
-        cells = reference_cells(self.sam, mask_rgb)
+        256×64×64) -> 1×256. No cell left at 64×64 (official: NaN): the cell that holds most of
+        the object's pixels stands in (:func:`densest_cell`), counted as a fallback."""
+        cells = reference_cells(self.sam, self.reference_mask(mask))
         if not bool(cells.any()):
-            grid = self.sam.image_size // 16
-            values = F.interpolate(self.sam.preprocess(mask_rgb), size=(grid, grid), mode="bilinear")[0, 0]
-            cells = torch.zeros_like(cells).flatten()
-            cells[values.flatten().argmax()] = True
-            cells = cells.reshape(grid, grid)
+            row, col = densest_cell(torch.as_tensor(mask), self.sam.input_size(mask.shape), self.sam.image_size, cells.shape[0])
+            cells = torch.zeros_like(cells)
+            cells[row, col] = True
             self.fallbacks += 1
-            log.warning("PerSAM video: object %s has no foreground cell at 64×64; using its strongest cell", name)
+            log.warning("PerSAM video: object %s has no foreground cell at 64×64; using its densest cell", name)
         fg = embedding.permute(1, 2, 0)[cells]
         return normalise((fg.max(0).values + fg.mean(0)) / 2)[None]
 
