@@ -29,6 +29,7 @@ from .prior import (
     reference_cells, similarity_map,
 )
 from .scale_weights import MaskScaleWeights, fit_scale_weights
+from .video import PerSAMFVideo, PerSAMFVideoOptions, PerSAMVideo, PerSAMVideoOptions
 from sambench.registry import METHODS
 from sambench.structures import Batch, Prediction, Sample
 from sambench.weights_file import load_weights_file
@@ -65,17 +66,24 @@ class PerSAM(SambenchMethod):
         max_instances: instances per image: segment, suppress the found region's similarity,
             re-select, until this count or until a new mask overlaps an earlier one.
         instance_overlap: IoU with an earlier mask that stops the repetition.
+        task: ``personalize`` (images) or ``video_object`` (DAVIS; set by the composition root).
+        video: ``method.video``, the video options (:class:`~.video.PerSAMVideoOptions`).
     """
 
     TASK = tasks.PERSONALIZE
+    TASKS = (tasks.PERSONALIZE, tasks.VIDEO_OBJECT)
+    ROOT_KWARGS = ("task",)
     REQUIRES = frozenset({TWO_WAY_TRANSFORMER_FN})  # target-guided attention in the two-way transformer
 
     def __init__(
         self, *, sam, negative_point: bool = True, guided_attention: bool = True, guidance_alpha: float = 1.0,
         semantic_prompt: bool = True, refinement_steps: int = 2, positive_points: int = 1,
         confidence_map: str = "global", max_instances: int = 1, instance_overlap: float = 0.5,
+        task=None, video: dict | None = None,
     ):
         super().__init__()
+        self.TASK = task or tasks.PERSONALIZE
+        self.video = self.video_options(video)
         if confidence_map not in CONFIDENCE_MAPS:
             raise ConfigError(f"unknown method.confidence_map '{confidence_map}'; valid: {', '.join(CONFIDENCE_MAPS)}")
         if not 0 <= refinement_steps <= 2 or positive_points < 1 or max_instances < 1:
@@ -87,6 +95,12 @@ class PerSAM(SambenchMethod):
         self.positive_points, self.confidence_map = positive_points, confidence_map
         self.max_instances, self.instance_overlap = max_instances, instance_overlap
         self._concepts: dict[tuple, Concept] = {}
+
+    def video_options(self, video: dict | None):
+        return PerSAMVideoOptions.from_config(video)
+
+    def video_tracker(self) -> PerSAMVideo:
+        return PerSAMVideo(sam=self.sam, options=self.video)
 
     # ----- concepts ---------------------------------------------------------------------------
     def adapt(self, sample: Sample) -> Concept:
@@ -116,6 +130,8 @@ class PerSAM(SambenchMethod):
     # ----- inference --------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, batch: Batch) -> list[Prediction]:
+        if self.TASK == tasks.VIDEO_OBJECT:
+            return [self.video_tracker().track(sample) for sample in batch]
         features = self.sam.embed_images([s.image for s in batch])
         predictions = []
         for sample, image_features in zip(batch, features):
@@ -188,26 +204,35 @@ class PerSAMF(PerSAM):
         iterations, lr, eps, weight_decay: the fitting (official: 1000, 1e-3, 1e-4, 0.01).
         precompute_decoder: compute the decoder outputs once (True) or every iteration.
         weights_dir: a folder of fitted weights (``<concept>.pt``) to reuse instead of fitting.
-        run_dir: where fitted weights are saved (``<run>/persam_f_weights/<concept>.pt``).
+        run_dir: where fitted weights are saved (``<run>/persam_f_weights/<concept>.pt``; video:
+            ``<seq>_<object>.pt``).
+        task, video: as PerSAM (``method.video``: :class:`~.video.PerSAMFVideoOptions`).
     """
 
-    ROOT_KWARGS = ("run_dir",)
+    ROOT_KWARGS = ("run_dir", "task")
 
     def __init__(
         self, *, sam, iterations: int = 1000, lr: float = 1e-3, eps: float = 1e-4, weight_decay: float = 0.01,
         precompute_decoder: bool = True, weights_dir: str | None = None, run_dir: Path | None = None,
         refinement_steps: int = 2, positive_points: int = 1, confidence_map: str = "global",
-        max_instances: int = 1, instance_overlap: float = 0.5,
+        max_instances: int = 1, instance_overlap: float = 0.5, task=None, video: dict | None = None,
     ):
         super().__init__(
             sam=sam, negative_point=False, guided_attention=False, semantic_prompt=False,
             refinement_steps=refinement_steps, positive_points=positive_points, confidence_map=confidence_map,
-            max_instances=max_instances, instance_overlap=instance_overlap,
+            max_instances=max_instances, instance_overlap=instance_overlap, task=task, video=video,
         )
         self.fit_options = dict(iterations=iterations, lr=lr, eps=eps, weight_decay=weight_decay)
         self.precompute_decoder = precompute_decoder
         self.weights_dir = Path(weights_dir) if weights_dir else None
         self.save_dir = Path(run_dir) / "persam_f_weights" if run_dir else None
+
+    def video_options(self, video: dict | None):
+        return PerSAMFVideoOptions.from_config(video)
+
+    def video_tracker(self) -> PerSAMFVideo:
+        return PerSAMFVideo(sam=self.sam, options=self.video, precompute_decoder=self.precompute_decoder,
+                            weights_dir=self.weights_dir, save_dir=self.save_dir)
 
     def build_concept(self, fg: torch.Tensor, sample: Sample, features: ImageFeatures) -> Concept:
         target = normalise((fg.max(0).values + fg.mean(0)) / 2)[None]
