@@ -11,10 +11,13 @@ target feature, PerSAM-F fitted on all) and several instances per image.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from sambench import tasks
@@ -25,7 +28,7 @@ from sambench.evaluation.instance_iou import mask_iou
 from sambench.method import SambenchMethod
 from .guided_decoder import PerSAMTransformer
 from .prior import (
-    foreground_features, guidance, local_similarity_map, location_prior, mask_box, normalise,
+    densest_cell_mask, foreground_features, guidance, local_similarity_map, location_prior, mask_box, normalise,
     reference_cells, similarity_map,
 )
 from .scale_weights import MaskScaleWeights, fit_scale_weights
@@ -36,17 +39,22 @@ from sambench.weights_file import load_weights_file
 
 log = logging.getLogger(__name__)
 CONFIDENCE_MAPS = ("global", "local")
+#: Concepts kept in memory (each holds K×256 features, K up to 4096, and PerSAM-F's weights).
+CACHED_CONCEPTS = 16
+
 
 
 @dataclass
 class Concept:
     """What a concept's references give: fg features K×256, target embedding 1×256 (mean of the
-    fg features), target feature 1×256 (L2-normalised), PerSAM-F weights when fitted."""
+    fg features), target feature 1×256 (L2-normalised), PerSAM-F weights when fitted, and the
+    number of references that kept no 64×64 cell (reported once, in the next prediction)."""
 
     fg_features: torch.Tensor
     target_embedding: torch.Tensor
     target_feat: torch.Tensor
     scale_weights: MaskScaleWeights | None = None
+    reference_fallbacks: int = 0
 
 
 @METHODS.register_module(name="persam")
@@ -94,7 +102,7 @@ class PerSAM(SambenchMethod):
         self.semantic_prompt, self.refinement_steps = semantic_prompt, refinement_steps
         self.positive_points, self.confidence_map = positive_points, confidence_map
         self.max_instances, self.instance_overlap = max_instances, instance_overlap
-        self._concepts: dict[tuple, Concept] = {}
+        self._concepts: OrderedDict[tuple, Concept] = OrderedDict()
 
     def video_options(self, video: dict | None):
         return PerSAMVideoOptions.from_config(video)
@@ -105,16 +113,27 @@ class PerSAM(SambenchMethod):
     # ----- concepts ---------------------------------------------------------------------------
     def adapt(self, sample: Sample) -> Concept:
         """Test-time adaptation to the sample's concept (its references): target features, and
-        for PerSAM-F the fitted weights. Computed once per reference set, then cached."""
-        key = tuple(ref.name for ref in sample.references)
-        if key not in self._concepts:
-            features = self.sam.embed_images([ref.image for ref in sample.references])
-            fg = torch.cat([
-                foreground_features(ref_features.embedding[0], reference_cells(self.sam, ref.mask_rgb), ref.name)
-                for ref, ref_features in zip(sample.references, features)
-            ])
-            self._concepts[key] = self.build_concept(fg, sample, features)
-        return self._concepts[key]
+        for PerSAM-F the fitted weights. Computed once per reference set (names and masks), then
+        kept among the last :data:`CACHED_CONCEPTS` (one-shot benchmarks have thousands)."""
+        key = tuple((ref.name, hashlib.sha1(np.packbits(ref.mask)).hexdigest()) for ref in sample.references)
+        if key in self._concepts:
+            self._concepts.move_to_end(key)
+            return self._concepts[key]
+        features = self.sam.embed_images([ref.image for ref in sample.references])
+        fg, fallbacks = [], 0
+        for ref, ref_features in zip(sample.references, features):
+            cells = reference_cells(self.sam, ref.mask_rgb)
+            if not bool(cells.any()) and ref.mask.any():  # an empty mask stays a clear error (foreground_features)
+                log.warning("PerSAM: reference %s keeps no foreground cell at 64x64 (a small object; the official "
+                            "code averages an empty set into NaN); using the cell holding most of its pixels", ref.name)
+                cells, fallbacks = densest_cell_mask(self.sam, ref.mask, cells.shape[0]), fallbacks + 1
+            fg.append(foreground_features(ref_features.embedding[0], cells, ref.name))
+        concept = self.build_concept(torch.cat(fg), sample, features)
+        concept.reference_fallbacks = fallbacks
+        self._concepts[key] = concept
+        while len(self._concepts) > CACHED_CONCEPTS:
+            self._concepts.popitem(last=False)
+        return concept
 
     def build_concept(self, fg: torch.Tensor, sample: Sample, features: ImageFeatures) -> Concept:
         """``fg`` K×256 foreground features of the references, ``features`` theirs (batch R)."""
@@ -137,6 +156,7 @@ class PerSAM(SambenchMethod):
         for sample, image_features in zip(batch, features):
             concept = self.adapt(sample)
             masks, fallbacks = self.segment_instances(concept, image_features, sample.size)
+            fallbacks, concept.reference_fallbacks = fallbacks + concept.reference_fallbacks, 0  # counted once
             predictions.append(Prediction(index=sample.index, masks=torch.stack(masks).cpu(), fallbacks=fallbacks))
         return predictions
 

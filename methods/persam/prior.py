@@ -36,6 +36,28 @@ def foreground_features(embedding: torch.Tensor, cells: torch.Tensor, name: str 
     return embedding.permute(1, 2, 0)[cells]
 
 
+def densest_cell(mask: torch.Tensor, input_size, image_size: int = 1024, grid: int = 64) -> tuple[int, int]:
+    """(row, col) of the grid×grid cell holding most pixels of the non-empty H×W mask: pixel
+    centres scaled into the resized frame (``input_size`` (h, w), longest side ``image_size``),
+    cells of ``image_size / grid`` pixels; ties: the first in row-major order. Never a padding cell."""
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    h, w = mask.shape
+    stride = image_size / grid
+    rows = ((ys.double() + 0.5) * input_size[0] / h / stride).long().clamp(max=grid - 1)
+    cols = ((xs.double() + 0.5) * input_size[1] / w / stride).long().clamp(max=grid - 1)
+    best = int(torch.bincount(rows * grid + cols, minlength=grid * grid).argmax())
+    return best // grid, best % grid
+
+
+def densest_cell_mask(sam, mask, grid: int) -> torch.Tensor:
+    """grid×grid bool holding only the cell with most pixels of the non-empty H×W ``mask``: what
+    stands in for a reference that keeps no foreground cell (a small object)."""
+    row, col = densest_cell(torch.as_tensor(mask), sam.input_size(tuple(mask.shape[:2])), sam.image_size, grid)
+    cells = torch.zeros(grid, grid, dtype=torch.bool)
+    cells[row, col] = True
+    return cells
+
+
 def normalise(features: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return features / features.norm(dim=dim, keepdim=True)
 

@@ -26,7 +26,7 @@ from sambench.errors import ConfigError, DatasetError
 from sambench.logging.console import progress
 from sambench.structures import Prediction, Sample
 from sambench.weights_file import load_weights_file
-from .prior import mask_box, normalise, reference_cells, similarity_map
+from .prior import densest_cell_mask, mask_box, normalise, reference_cells, similarity_map
 from .scale_weights import MaskScaleWeights, fit_scale_weights
 
 log = logging.getLogger(__name__)
@@ -138,19 +138,6 @@ def first_pick(masks: torch.Tensor, scores: torch.Tensor, rule: str) -> int:
     return int(np.argmax(areas))
 
 
-def densest_cell(mask: torch.Tensor, input_size, image_size: int = 1024, grid: int = 64) -> tuple[int, int]:
-    """(row, col) of the grid×grid cell holding most pixels of the non-empty H×W mask: pixel
-    centres scaled into the resized frame (``input_size`` (h, w), longest side ``image_size``),
-    cells of ``image_size / grid`` pixels; ties: the first in row-major order. Never a padding cell."""
-    ys, xs = torch.nonzero(mask, as_tuple=True)
-    h, w = mask.shape
-    stride = image_size / grid
-    rows = ((ys.double() + 0.5) * input_size[0] / h / stride).long().clamp(max=grid - 1)
-    cols = ((xs.double() + 0.5) * input_size[1] / w / stride).long().clamp(max=grid - 1)
-    best = int(torch.bincount(rows * grid + cols, minlength=grid * grid).argmax())
-    return best // grid, best % grid
-
-
 def merge_logits(logits: list[torch.Tensor], size) -> torch.Tensor:
     """Label map H×W uint8 of N objects' H×W logits: argmax over [0, logit_1, ..., logit_N]; the
     background wins ties and logits <= 0, the earlier object wins ties between objects."""
@@ -205,12 +192,10 @@ class PerSAMVideo:
     def target_feature(self, embedding: torch.Tensor, mask: np.ndarray, name: str) -> torch.Tensor:
         """normalise((max + mean) / 2) of the object's 64×64 foreground cells (embedding
         256×64×64) -> 1×256. No cell left at 64×64 (official: NaN): the cell that holds most of
-        the object's pixels stands in (:func:`densest_cell`), counted as a fallback."""
+        the object's pixels stands in (:func:`~.prior.densest_cell`), counted as a fallback."""
         cells = reference_cells(self.sam, self.reference_mask(mask))
         if not bool(cells.any()):
-            row, col = densest_cell(torch.as_tensor(mask), self.sam.input_size(mask.shape), self.sam.image_size, cells.shape[0])
-            cells = torch.zeros_like(cells)
-            cells[row, col] = True
+            cells = densest_cell_mask(self.sam, mask, cells.shape[0])
             self.fallbacks += 1
             log.warning("PerSAM video: object %s has no foreground cell at 64×64; using its densest cell", name)
         fg = embedding.permute(1, 2, 0)[cells]

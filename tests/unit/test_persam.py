@@ -297,3 +297,46 @@ def test_persam_f_fits_saves_and_reloads(sam, tmp_path, monkeypatch):
     reloaded = METHODS.get("persam_f")(sam=sam, weights_dir=str(tmp_path / "persam_f_weights"))
     assert torch.equal(reloaded.adapt(sample()).scale_weights.weights.detach(), fitted.detach())
     assert torch.equal(reloaded.predict(Batch([sample()]))[0].masks, prediction.masks)
+
+
+# ----- one-shot benchmarks: small supports, many concepts -----------------------------------------
+def test_a_reference_keeping_no_cell_uses_its_densest_cell_and_counts_a_fallback(sam, monkeypatch):
+    """A one-pixel PerSeg-style support (60×80 image -> 768×1024 frame, 16 px cells): no cell
+    survives the official mask path; its cell is computed here by hand from the pixel centre
+    (y + 0.5)·768/60/16, (x + 0.5)·1024/80/16."""
+    mask = np.zeros((60, 80, 3), np.uint8)
+    mask[30, 41] = (128, 0, 0)
+    assert not reference_cells(sam, mask).any()
+    ref = Reference(image(seed=10), mask, name="small/00")
+    small = Sample(index=0, image=image(seed=3), masks=torch.zeros(1, 60, 80, dtype=torch.bool), references=[ref],
+                   meta={"object": "small"})
+    method = METHODS.get("persam")(sam=sam)
+    [first] = method.predict(Batch([small]))
+    [again] = method.predict(Batch([small]))
+    row, col = int(30.5 * 768 / 60 / 16), int(41.5 * 1024 / 80 / 16)
+    assert (row, col) == (24, 33)
+    embedding = sam.embed_images([ref.image]).embedding[0]
+    concept = method.adapt(small)
+    assert torch.equal(concept.fg_features, embedding[:, row, col][None])
+    assert first.fallbacks - again.fallbacks == 1  # the reference's fallback is counted once
+
+
+def test_concepts_are_kept_by_name_and_mask_and_only_the_last_sixteen(sam, monkeypatch):
+    from sambench_plugins.methods.persam import persam as persam_module
+
+    method = METHODS.get("persam")(sam=sam)
+    embeds = []
+    original = sam.embed_images
+    monkeypatch.setattr(sam, "embed_images", lambda images: embeds.append(len(images)) or original(images))
+    same_name = [Sample(index=0, image=image(seed=3), masks=torch.zeros(1, 60, 80, dtype=torch.bool),
+                        references=[Reference(image(seed=10), square_mask(box=box), name="val2014/x.jpg")])
+                 for box in ((20, 10, 50, 40), (5, 5, 30, 30))]
+    a, b = method.adapt(same_name[0]), method.adapt(same_name[1])
+    assert a is not b and not torch.equal(a.target_feat, b.target_feat)  # one image, two classes' masks
+    assert method.adapt(same_name[0]) is a and len(embeds) == 2
+    for i in range(persam_module.CACHED_CONCEPTS):
+        method.adapt(Sample(index=0, image=image(seed=3), references=[Reference(image(seed=10), square_mask(), name=f"c/{i}")]))
+    assert len(method._concepts) == persam_module.CACHED_CONCEPTS
+    embeds.clear()
+    method.adapt(same_name[0])  # evicted: computed again
+    assert embeds == [1]

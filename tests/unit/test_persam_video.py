@@ -16,9 +16,9 @@ from sambench.testing import TINY_SAM
 from sambench import tasks
 from sambench.backbones.sam import SamBackbone
 from sambench.errors import ConfigError
-from sambench_plugins.methods.persam.prior import reference_cells
+from sambench_plugins.methods.persam.prior import densest_cell, reference_cells
 from sambench_plugins.methods.persam.video import (
-    PerSAMFVideoOptions, PerSAMVideo, PerSAMVideoOptions, box_prompt, densest_cell, first_pick, merge_logits, next_box_masks,
+    PerSAMFVideoOptions, PerSAMVideo, PerSAMVideoOptions, box_prompt, first_pick, merge_logits, next_box_masks,
     topk_points,
 )
 from sambench.registry import METHODS, load_plugins
