@@ -190,3 +190,23 @@ def test_two_ranks_train_lora_as_one_rank(tmp_path):
     assert a.keys() == b.keys() and all(".lora_" in k for k in a)
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
     assert max(a[k].abs().max().item() for k in a if ".lora_B." in k) > 1e-5  # B left zero: training moved it
+
+
+def test_two_rank_one_shot_and_video_evaluations_equal_one_rank(tmp_path):
+    """PerSAM on 5 COCO-20i episodes and on 3 DAVIS sequences, over 2 ranks (the sampler repeats one
+    item): per-class IoU, FB-IoU and the per-object J / F are gathered by index, so the numbers equal
+    the 1-rank run exactly."""
+    from sambench.testing.davis_synthetic import write_davis
+    from sambench.testing.oneshot_synthetic import write_synthetic_coco20i
+
+    coco = write_synthetic_coco20i(tmp_path / "COCO2014")
+    davis = write_davis(tmp_path / "DAVIS", {"a-syn": (3, 32, 40, 1), "b-syn": (4, 36, 44, 2), "c-syn": (3, 30, 38, 2)})
+    for name, data in (("coco", ["dataset=coco20i", f"dataset.root={coco}", "dataset.episodes=5"]),
+                       ("davis", ["dataset=davis2017", f"dataset.root={davis}"])):
+        args = ["tools/eval.py", "method=persam", "backbone=sam_tiny", "trainer.device=cpu", *data]
+        one = run_tool(*args, f"hydra.run.dir={tmp_path / name / 'one'}", env=ONE_THREAD)
+        two = run_tool(*args, f"hydra.run.dir={tmp_path / name / 'two'}", torchrun=2)
+        assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-3000:]
+        m1, m2 = scores(tmp_path / name / "one"), scores(tmp_path / name / "two")
+        assert m1 == m2
+        assert m1.get("num_images", m1.get("num_sequences")) == (5 if name == "coco" else 3)
