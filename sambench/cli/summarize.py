@@ -14,6 +14,9 @@ peak memory, samples/s, step time; see :mod:`sambench.engine.cost`) follows the 
 own columns (:data:`COST_COLUMNS`, mean ± std over seeds too, parameters as a count); a run
 without it shows ``-`` there. The CSV has every cost key.
 
+A dataset with folds (the one-shot benchmarks' ``dataset.fold``) is labelled ``<name>/fold<i>``, so
+runs of different folds are never averaged as if they were seeds.
+
 When the runs use more than one backbone (or with ``--pivot METRIC``), one more table per dataset
 follows: methods as rows, backbones as columns, one metric in the cells (``--pivot``, else the
 first metric the dataset's runs report), ``-`` where a pairing has no run.
@@ -103,7 +106,10 @@ def load_run(folder: Path) -> RunResult | None:
     try:
         config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
         method, dataset, backbone = (str(_lookup(config, f"{key}.name")) for key in KEY_FIELDS)
-    except (OSError, yaml.YAMLError, KeyError) as error:
+        fold = (config.get("dataset") or {}).get("fold") if isinstance(config, dict) else None
+        if fold is not None:  # one-shot benchmarks: each fold is its own row (papers report their mean)
+            dataset = f"{dataset}/fold{fold}"
+    except (OSError, yaml.YAMLError, KeyError, AttributeError) as error:
         warn(f"{folder}: unusable config.yaml ({_describe(error)}); skipped")
         return None
     try:

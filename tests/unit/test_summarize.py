@@ -188,3 +188,14 @@ def test_several_backbones_add_a_method_by_backbone_table_per_dataset(tmp_path, 
     assert ": mIoU" not in capsys.readouterr().out
     assert main([str(root / "1"), "--pivot", "bIoU", "--csv", str(tmp_path / "u.csv")]) == 0
     assert table_rows(capsys.readouterr().out.split("perseg: bIoU")[1]) == [{"method": "persam", "sam_tiny": "1.00"}]
+
+
+def test_folds_are_separate_rows_not_seeds(tmp_path, capsys):
+    for fold, miou in ((0, 20.0), (1, 30.0)):
+        run = make_run(tmp_path / "runs" / f"f{fold}", method="persam", dataset="coco20i", seed=0, metrics={"mIoU": miou})
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        config["dataset"]["fold"] = fold
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main([str(tmp_path / "runs"), "--csv", str(tmp_path / "s.csv")]) == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert [(r["dataset"], r["n"], r["mIoU"]) for r in rows] == [("coco20i/fold0", "1", "20.00"), ("coco20i/fold1", "1", "30.00")]
