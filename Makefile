@@ -26,7 +26,7 @@ run: setup
 	$(PY) tools/train.py
 
 test: setup
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=20
 
 # The edit-test loop: everything but the slow and torchrun tests (about 4 minutes on 2 cores).
 test-fast: setup
