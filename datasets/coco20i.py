@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from sambench.data.base import read_image, read_label_png, resolve_root, size_mismatch_hint, check_int, inside_root
+from sambench.data.base import check_int, inside_root, read_image_for, read_label_png, resolve_root
 from sambench.data.one_shot import OneShotDataset, split_path
 from sambench.data.safe_pickle import load_plain_pickle
-from sambench.errors import ConfigError, DatasetError
+from sambench.errors import DatasetError
 from sambench.registry import DATASETS
 
 ROOT_HINT = "a COCO2014 folder holding {train2014,val2014}/COCO_*.jpg, annotations/{train2014,val2014}/*.png and splits/val/fold<i>.pkl"
@@ -74,11 +74,8 @@ class Coco20iDataset(OneShotDataset):
     def __init__(self, *, split: str, root: str, fold: int = 0, episodes: int = 1000, seed: int = 0,
                  episodes_file: str | None = None, split_file: str | None = None, max_samples: int | None = None):
         self.check_split(split)
-        check_int(self.NAME, "fold", fold, 0, allow_none=False)
+        self.set_fold(fold, NUM_FOLDS)
         check_int(self.NAME, "episodes", episodes, 1, allow_none=False)
-        if fold >= NUM_FOLDS:
-            raise ConfigError(f"dataset '{self.NAME}': fold must be 0..{NUM_FOLDS - 1}, got {fold}")
-        self.fold = fold
         self.root = resolve_root(root, self.NAME, ROOT_HINT)
         self.mask_root = inside_root(self.root, "annotations")
         self.class_ids = fold_classes(fold)
@@ -146,11 +143,4 @@ class Coco20iDataset(OneShotDataset):
     def read(self, class_id, name: str) -> tuple[np.ndarray, np.ndarray]:
         image_path, mask_path = self.image_path(name), self.mask_path(name)
         labels = read_label_png(mask_path)
-        image = read_image(image_path, expected_size=labels.shape[:2])
-        if labels.shape[:2] != image.shape[:2]:
-            raise DatasetError(
-                f"mask {mask_path} is {labels.shape[0]}x{labels.shape[1]} but image {image_path} is "
-                f"{image.shape[0]}x{image.shape[1]} (expected the same size)"
-                f"{size_mismatch_hint(image_path, image.shape[:2], labels.shape[:2])}"
-            )
-        return image, labels == class_id + 1
+        return read_image_for(image_path, mask_path, labels), labels == class_id + 1

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sambench.data.base import inside_root, read_image, read_mask_rgb, resolve_root, size_mismatch_hint
+from sambench.data.base import inside_root, read_image_for, read_mask_rgb, resolve_root
 from sambench.data.one_shot import OneShotDataset, split_path
 from sambench.errors import DatasetError
 from sambench.registry import DATASETS
@@ -122,12 +122,6 @@ class Fss1000Dataset(OneShotDataset):
     def read(self, class_id, name: str) -> tuple[np.ndarray, np.ndarray]:
         image_path, mask_path = self.image_path(name), self.mask_path(name)
         mask_rgb = read_mask_rgb(mask_path)
-        image = read_image(image_path, expected_size=mask_rgb.shape[:2])
-        if mask_rgb.shape[:2] != image.shape[:2]:
-            raise DatasetError(
-                f"mask {mask_path} is {mask_rgb.shape[0]}x{mask_rgb.shape[1]} but image {image_path} is "
-                f"{image.shape[0]}x{image.shape[1]} (expected the same size)"
-                f"{size_mismatch_hint(image_path, image.shape[:2], mask_rgb.shape[:2])}"
-            )
+        image = read_image_for(image_path, mask_path, mask_rgb)
         gray = np.asarray(Image.fromarray(mask_rgb).convert("L"))  # PIL's RGB -> L weights, as HSNet
         return image, gray >= 128

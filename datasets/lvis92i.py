@@ -26,7 +26,7 @@ from sambench.data.base import check_int, inside_root, read_image, resolve_root
 from sambench.data.coco_format import decode_segmentation
 from sambench.data.one_shot import OneShotDataset, split_path
 from sambench.data.safe_pickle import load_plain_pickle
-from sambench.errors import ConfigError, DatasetError
+from sambench.errors import DatasetError
 from sambench.registry import DATASETS
 
 ROOT_HINT = "an LVIS folder holding coco/{train2017,val2017}/*.jpg and lvis_val.pkl"
@@ -88,11 +88,8 @@ class Lvis92iDataset(OneShotDataset):
     def __init__(self, *, split: str, root: str, fold: int = 0, episodes: int = 2300, seed: int = 0,
                  episodes_file: str | None = None, split_file: str | None = None, max_samples: int | None = None):
         self.check_split(split)
-        check_int(self.NAME, "fold", fold, 0, allow_none=False)
+        self.set_fold(fold, NUM_FOLDS)
         check_int(self.NAME, "episodes", episodes, 1, allow_none=False)
-        if fold >= NUM_FOLDS:
-            raise ConfigError(f"dataset '{self.NAME}': fold must be 0..{NUM_FOLDS - 1}, got {fold}")
-        self.fold = fold
         self.root = resolve_root(root, self.NAME, ROOT_HINT)
         self.image_root = inside_root(self.root, "coco")
         self.split_path = split_path(self.root, split_file, "lvis_val.pkl")

@@ -22,10 +22,9 @@ from sambench import tasks
 from sambench.data.base import (
     SambenchDataset,
     inside_root,
-    read_image,
+    read_image_for,
     read_mask_rgb,
     resolve_root,
-    size_mismatch_hint,
 )
 from sambench.errors import ConfigError, DatasetError
 from sambench.registry import DATASETS, closest
@@ -57,14 +56,7 @@ def read_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray
     is that of the image's stored pixels and not of the upright ones (EXIF orientation), it was
     made on the stored pixels and the image is read as stored."""
     mask_rgb = read_mask_rgb(mask_path)
-    image = read_image(image_path, expected_size=mask_rgb.shape[:2])
-    if mask_rgb.shape[:2] != image.shape[:2]:
-        raise DatasetError(
-            f"mask {mask_path} is {mask_rgb.shape[0]}x{mask_rgb.shape[1]} but image {image_path} is "
-            f"{image.shape[0]}x{image.shape[1]} (expected the same size)"
-            f"{size_mismatch_hint(image_path, image.shape[:2], mask_rgb.shape[:2])}"
-        )
-    return image, mask_rgb
+    return read_image_for(image_path, mask_path, mask_rgb), mask_rgb
 
 
 @DATASETS.register_module(name="perseg")

@@ -353,6 +353,22 @@ def _label_indices(img: Image.Image, path: Path) -> np.ndarray:
     return labels.astype(np.uint8) if labels.dtype == bool else labels
 
 
+def read_image_for(image_path: Path, annotation_path: Path, annotation: np.ndarray, what: str = "mask") -> np.ndarray:
+    """The image (H×W×3 uint8 RGB) of an annotation already read (``annotation`` H×W or H×W×C,
+    from ``annotation_path``): upright, or as stored when the annotation has the stored pixels'
+    size (``expected_size`` of :func:`read_image`); a size that still differs is a DatasetError
+    naming both files (``what``: the annotation's kind in the message)."""
+    size = tuple(annotation.shape[:2])
+    image = read_image(image_path, expected_size=size)
+    if size != image.shape[:2]:
+        raise DatasetError(
+            f"{what} {annotation_path} is {size[0]}x{size[1]} but image {image_path} is "
+            f"{image.shape[0]}x{image.shape[1]} (expected the same size)"
+            f"{size_mismatch_hint(image_path, image.shape[:2], size)}"
+        )
+    return image
+
+
 def size_mismatch_hint(path: Path, actual: tuple[int, int], other: tuple[int, int]) -> str:
     """`` (the image has EXIF orientation 6: stored as 40x100, read upright as 100x40)`` when the
     EXIF orientation of ``path`` explains why its (H, W) ``actual`` differs from ``other``; else ''."""

@@ -99,6 +99,13 @@ class OneShotDataset(SambenchDataset):
             raise ConfigError(f"dataset '{self.NAME}': split must be 'train' or 'eval', got '{split}'")
         self.split = split
 
+    def set_fold(self, fold: int, num_folds: int) -> None:
+        """Check ``fold`` (0..num_folds-1) and keep it."""
+        check_int(self.NAME, "fold", fold, 0, allow_none=False)
+        if fold >= num_folds:
+            raise ConfigError(f"dataset '{self.NAME}': fold must be 0..{num_folds - 1}, got {fold}")
+        self.fold = fold
+
     def set_episodes(self, *, seed: int, count: int | None, episodes_file: str | None,
                      max_samples: int | None) -> None:
         """Draw the episodes (``count`` of them; None = the dataset's fixed number) from

@@ -32,10 +32,9 @@ from sambench.data.base import (
     SambenchDataset,
     check_int,
     inside_root,
-    read_image,
+    read_image_for,
     read_label_png,
     resolve_root,
-    size_mismatch_hint,
     walk_files,
 )
 from sambench import dist
@@ -373,13 +372,7 @@ class SemanticSegmentationDataset(SambenchDataset):
     def __getitem__(self, index: int) -> Sample:
         entry = self.entries[index]
         labels = self.load_labels(entry)
-        image = read_image(entry.image, expected_size=labels.shape)
-        if labels.shape != image.shape[:2]:
-            raise DatasetError(
-                f"label map {entry.label} is {labels.shape[0]}x{labels.shape[1]} but image {entry.image} is "
-                f"{image.shape[0]}x{image.shape[1]} (expected the same size)"
-                f"{size_mismatch_hint(entry.image, image.shape[:2], labels.shape)}"
-            )
+        image = read_image_for(entry.image, entry.label, labels, what="label map")
         return Sample(
             index=index,
             image=image,
