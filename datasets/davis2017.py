@@ -219,10 +219,7 @@ class Davis2017Dataset(SambenchDataset):
         frames = VideoFrames(paths, size)
         image = frames[0]
         masks = np.stack([first == k for k in object_ids])
-        references = [
-            Reference(image=image, mask_rgb=np.repeat(mask[..., None], 3, axis=-1).astype(np.uint8) * 255, name=f"{seq}/{k}")
-            for k, mask in zip(object_ids, masks)
-        ]
+        references = [Reference.from_mask(image, mask, name=f"{seq}/{k}") for k, mask in zip(object_ids, masks)]
         return Sample(
             index=index,
             image=image,

@@ -35,6 +35,13 @@ class Reference:
         """H×W bool foreground (red channel > 0, as the official PerSAM code reads it)."""
         return self.mask_rgb[..., 0] > 0
 
+    @classmethod
+    def from_mask(cls, image: np.ndarray, mask: np.ndarray, name: str = "") -> "Reference":
+        """A reference from an H×W bool mask, kept as a 0/255 mask in all three channels (how a
+        binary mask file reads in RGB)."""
+        mask_rgb = np.repeat((np.asarray(mask, dtype=bool).astype(np.uint8) * 255)[..., None], 3, axis=-1)
+        return cls(image=image, mask_rgb=mask_rgb, name=name)
+
 
 @dataclass
 class Sample:

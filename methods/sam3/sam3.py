@@ -196,9 +196,7 @@ class Sam3ZeroShot(SambenchMethod):
         Frame 0 holds the given first-frame masks."""
         ids = list(sample.meta.get("object_ids") or range(1, len(sample.references) + 1))
         height, width = sample.size
-        exemplars = []
-        for reference in sample.references:
-            exemplars.append(self._exemplar(reference))
+        exemplars = [self._exemplar(reference) for reference in sample.references]
         labels = torch.zeros(len(sample.frames), height, width, dtype=torch.uint8)
         for object_id, reference in zip(ids, sample.references):
             labels[0][torch.as_tensor(reference.mask)] = object_id

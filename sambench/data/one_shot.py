@@ -46,11 +46,6 @@ def safe_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text)).strip(".") or "_"
 
 
-def mask_as_rgb(mask: np.ndarray) -> np.ndarray:
-    """H×W bool -> H×W×3 uint8, 255 on the foreground in all three channels."""
-    return np.repeat((np.asarray(mask, dtype=bool).astype(np.uint8) * 255)[..., None], 3, axis=-1)
-
-
 def split_path(root: Path, split_file: str | None, default: str) -> Path:
     """The split file: ``split_file`` as given when absolute (a user's choice, e.g. a file of the
     official repository), else relative to ``root``; ``default`` (relative to root) when None."""
@@ -200,7 +195,7 @@ class OneShotDataset(SambenchDataset):
         name = self.class_name(class_id)
         image, mask = self.read(class_id, query)
         support_image, support_mask = self.read(class_id, support)
-        reference = Reference(image=support_image, mask_rgb=mask_as_rgb(support_mask), name=f"{name}/{support}")
+        reference = Reference.from_mask(support_image, support_mask, name=f"{name}/{support}")
         return Sample(
             index=index,
             image=image,
